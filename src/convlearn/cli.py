@@ -1,0 +1,107 @@
+"""The `convlearn` command: parses arguments and calls one library function per subcommand.
+
+Exit codes: 0 ok, 2 bad input or config (one clear line on stderr), 1 internal error (traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import UserError
+
+
+def _cmd_tiny_model(args) -> int:
+    from .tiny import build_tiny_model
+    out = build_tiny_model(args.arch, args.out, seed=args.seed, vocab_size=args.vocab_size)
+    print(f"tiny {args.arch} model written to {out}")
+    return 0
+
+
+def _cmd_config(args) -> int:
+    from .config import config_docs, dump_config, load_config
+    if args.action == "docs":
+        sys.stdout.write(config_docs())
+    else:
+        sys.stdout.write(dump_config(load_config(args.config, args.set)))
+    return 0
+
+
+def _cmd_data_inspect(args) -> int:
+    from .data.inspect import format_stats, inspect_source
+    stats = inspect_source(args.path, args.format, args.limit, args.split)
+    print(json.dumps(stats.to_json(), ensure_ascii=False) if args.json else format_stats(stats, args.path))
+    return 0
+
+
+def _cmd_data_prepare(args) -> int:
+    from .config import load_config
+    from .data.prepare import prepare
+    from .models import load_tokenizer, model_spec
+    cfg = load_config(args.config, args.set)
+    tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    prepared = prepare(cfg, tok, model_spec(cfg.model.name, cfg.model.revision), progress=not args.quiet)
+    print(json.dumps({"path": str(prepared.path), **prepared.meta}, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .experiments.demo import run_demo
+    run_demo(args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import FORMATS
+    from .tiny import ARCHS
+    p = argparse.ArgumentParser(prog="convlearn", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the embedded default offline on CPU")
+    demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    demo.set_defaults(func=_cmd_demo)
+
+    tiny = sub.add_parser("tiny-model", help="build a tiny offline twin of a seed architecture")
+    tiny.add_argument("--arch", required=True, choices=ARCHS)
+    tiny.add_argument("--out", required=True, help="directory to write the HF model folder to")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--vocab-size", type=int, default=4096)
+    tiny.set_defaults(func=_cmd_tiny_model)
+
+    cfg = sub.add_parser("config", help="show config reference (docs) or a resolved config (show)")
+    cfg.add_argument("action", choices=["docs", "show"])
+    cfg.add_argument("config", nargs="?", help="YAML run config (for show)")
+    cfg.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    cfg.set_defaults(func=_cmd_config)
+
+    data = sub.add_parser("data", help="inspect or prepare conversation data")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    insp = dsub.add_parser("inspect", help="read a file or dataset and print what was kept and skipped")
+    insp.add_argument("path", help="file, chatterbot folder/`chatterbot`, dataset folder or hub id")
+    insp.add_argument("--format", default="auto", choices=FORMATS)
+    insp.add_argument("--limit", type=int, default=None, help="read at most this many raw rows")
+    insp.add_argument("--split", default="train", help="split of a hub dataset")
+    insp.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    insp.set_defaults(func=_cmd_data_inspect)
+    prep = dsub.add_parser("prepare", help="render and tokenize a run's data once and cache it")
+    prep.add_argument("config", help="YAML run config")
+    prep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    prep.add_argument("--quiet", action="store_true", help="no progress bar")
+    prep.set_defaults(func=_cmd_data_prepare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"convlearn: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("convlearn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Filters and hygiene: language allow-list, moderation, length, exact dedup, a scrubber for secrets and
+personal data, and the deterministic held-out split."""
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+
+from .records import Conversation, Document, Skip
+
+_LANGUAGE_CODES = {
+    "english": "en", "spanish": "es", "portuguese": "pt", "french": "fr", "german": "de", "chinese": "zh",
+    "russian": "ru", "japanese": "ja", "korean": "ko", "italian": "it", "arabic": "ar", "vietnamese": "vi",
+    "polish": "pl", "dutch": "nl", "turkish": "tr", "indonesian": "id", "ukrainian": "uk", "persian": "fa",
+    "hindi": "hi", "czech": "cs", "swedish": "sv", "greek": "el", "hebrew": "he", "thai": "th",
+    "romanian": "ro", "hungarian": "hu", "danish": "da", "finnish": "fi", "norwegian": "no", "catalan": "ca",
+    "bengali": "bn", "malay": "ms", "tagalog": "tl", "latin": "la", "basque": "eu", "esperanto": "eo",
+}
+
+
+def language_code(lang: str | None) -> str | None:
+    """`English` / `en` / `en-US` / `EN` -> `en`; unknown names are lower-cased as they are."""
+    if not lang or not isinstance(lang, str):
+        return None
+    s = lang.strip().lower()
+    if s in _LANGUAGE_CODES:
+        return _LANGUAGE_CODES[s]
+    return re.split(r"[-_]", s)[0] if re.fullmatch(r"[a-z]{2,3}([-_][a-z0-9]+)?", s) else s
+
+
+class RecordFilter:
+    """Language, moderation and length filters plus exact dedup, configured from a DataConfig."""
+
+    def __init__(self, data_cfg) -> None:
+        self.languages = {language_code(x) for x in data_cfg.languages}
+        self.keep_unknown_language = data_cfg.keep_unknown_language
+        self.drop_flagged = data_cfg.drop_flagged
+        self.min_chars = data_cfg.min_chars
+        self.max_chars = data_cfg.max_chars
+        self.dedup = data_cfg.dedup
+        self._seen: set[bytes] = set()
+
+    def check(self, rec: Conversation | Document) -> None:
+        """Raise Skip(reason) if the record must not be kept."""
+        if self.languages:
+            code = language_code(rec.language)
+            if code is None:
+                if not self.keep_unknown_language:
+                    raise Skip("language", "unknown")
+            elif code not in self.languages:
+                raise Skip("language", code)
+        if self.drop_flagged and rec.meta.get("flagged"):
+            raise Skip("moderation")
+        n = rec.chars()
+        if n < self.min_chars:
+            raise Skip("too_short", str(n))
+        if self.max_chars is not None and n > self.max_chars:
+            raise Skip("too_long", str(n))
+        if self.dedup:
+            key = dedup_key(rec)
+            if key in self._seen:
+                raise Skip("duplicate", rec.id)
+            self._seen.add(key)
+
+
+def dedup_key(rec: Conversation | Document) -> bytes:
+    """Roles and text with whitespace collapsed and case folded."""
+    if isinstance(rec, Document):
+        parts = [" ".join(rec.text.casefold().split())]
+    else:
+        parts = [m.role + "\x1f" + " ".join(m.content.casefold().split()) for m in rec.messages]
+    return hashlib.blake2b("\x1e".join(parts).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+# Ordered: tokens before e-mails (a JWT has dots), IPs before phones (an IP looks like digits and dots).
+_SCRUB_PATTERNS: list[tuple[str, str, re.Pattern]] = [
+    ("api_key", "<API_KEY>", re.compile(
+        r"\b(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}"
+        r"|github_pat_[A-Za-z0-9_]{22,}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}"
+        r"|hf_[A-Za-z0-9]{30,}|(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{16,})")),
+    ("token", "<TOKEN>", re.compile(
+        r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
+        r"|(?<=[Bb]earer )[A-Za-z0-9._~+/-]{20,}=*")),
+    ("email", "<EMAIL>", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")),
+    ("ip_address", "<IP_ADDRESS>", re.compile(
+        r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.])"
+        r"|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])"
+        r"|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}:){0,5}[0-9A-Fa-f]{1,4}(?![\w:])")),
+    ("phone", "<PHONE>", re.compile(
+        r"(?<![\w+])\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,3}(?![\w])"
+        r"|(?<![\w(])(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]\d{4}(?!\w)")),
+]
+
+
+def scrub_text(text: str, counts: Counter) -> str:
+    """Replace secrets and personal data with typed placeholders; count replacements per kind."""
+    for kind, placeholder, pattern in _SCRUB_PATTERNS:
+        text, n = pattern.subn(placeholder, text)
+        if n:
+            counts[kind] += n
+    return text
+
+
+def scrub(rec: Conversation | Document, counts: Counter) -> None:
+    if isinstance(rec, Document):
+        rec.text = scrub_text(rec.text, counts)
+    else:
+        for m in rec.messages:
+            m.content = scrub_text(m.content, counts)
+
+
+def split_key(rec: Conversation | Document) -> str:
+    """What decides the held-out side: the conversation id, or its group (an OpenAssistant tree, so that
+    paths sharing a prompt never straddle the split)."""
+    return str(rec.meta.get("split_group") or rec.id)
+
+
+def is_heldout(key: str, fraction: float) -> bool:
+    """Deterministic: the same id is on the same side in every run and for every source."""
+    if fraction <= 0:
+        return False
+    h = int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()[:8], "big")
+    return h / 2**64 < fraction

@@ -1,0 +1,175 @@
+"""`data prepare`: read, normalize, filter, split, render and tokenize a run's data once, cached as Arrow.
+
+The cache key covers everything that changes the tokens: the data section, the sources' file fingerprints,
+the tokenizer (its full serialization and chat template) and the rendering settings. A cache directory is
+built under a temporary name and renamed into place, so an interrupted prepare never looks finished.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from .records import Conversation, DataStats
+from .render import ChatRenderer, Sample, pack
+from .stream import iter_records
+
+CACHE_VERSION = 1  # bump when normalization or rendering changes what a cache holds
+
+SAMPLE_SCHEMA = pa.schema([
+    ("input_ids", pa.list_(pa.int32())), ("token_mask", pa.list_(pa.int8())),
+    ("assistant_mask", pa.list_(pa.int8())), ("token_bytes", pa.list_(pa.int32())),
+    ("conversation_id", pa.string()), ("source", pa.string()), ("domain", pa.string()),
+    ("language", pa.string()), ("window", pa.int32())])
+PACKED_SCHEMA = pa.schema([
+    ("input_ids", pa.list_(pa.int32())), ("token_mask", pa.list_(pa.int8())),
+    ("assistant_mask", pa.list_(pa.int8())), ("token_bytes", pa.list_(pa.int32())),
+    ("lengths", pa.list_(pa.int32())), ("conversation_ids", pa.list_(pa.string()))])
+
+
+@dataclass
+class PreparedData:
+    path: Path
+    meta: dict
+
+    def dataset(self, split: str):
+        """The `train` or `heldout` samples as a memory-mapped `datasets.Dataset`."""
+        import datasets
+        return datasets.Dataset.from_file(str(self.path / f"{split}.arrow"))
+
+    def heldout_conversations(self) -> list[Conversation]:
+        with open(self.path / "heldout_conversations.jsonl", encoding="utf-8") as fh:
+            return [Conversation.from_dict(json.loads(line)) for line in fh]
+
+
+def renderer_for(cfg, tokenizer, spec=None) -> ChatRenderer:
+    """The renderer a run config asks for, with the model family's pinned template variables."""
+    facts = spec.facts if spec is not None else None
+    kwargs = {**(facts.template_kwargs if facts else {}), **cfg.render.template_kwargs}
+    return ChatRenderer(tokenizer, cfg.render.max_seq_len, system_role=facts.system_role if facts else None,
+                        template_kwargs=kwargs, system_prompt=cfg.render.system_prompt,
+                        window_context_fraction=cfg.render.window_context_fraction)
+
+
+def _source_fingerprint(src) -> dict:
+    p = Path(src.path)
+    if p.is_file():
+        st = p.stat()
+        return {"file": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        return {"dir": str(p.resolve()), "files": [(str(f.relative_to(p)), f.stat().st_size,
+                                                    f.stat().st_mtime_ns) for f in files]}
+    if src.path == "chatterbot":
+        from importlib.metadata import version
+        return {"chatterbot-corpus": version("chatterbot-corpus")}
+    return {"dataset": src.path}
+
+
+def cache_key(cfg, renderer: ChatRenderer) -> str:
+    data = asdict(cfg.data)
+    data.pop("cache_dir")
+    tok = renderer.tok
+    payload = {
+        "version": CACHE_VERSION, "data": data,
+        "files": [_source_fingerprint(s) for s in cfg.data.sources],
+        "tokenizer": hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest(),
+        "template": tok.chat_template, "template_kwargs": renderer.template_kwargs,
+        "system_role": renderer.system_role, "max_seq_len": cfg.render.max_seq_len,
+        "context": cfg.render.window_context_fraction, "system_prompt": cfg.render.system_prompt,
+        "pack": cfg.render.pack,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+class _ArrowWriter:
+    def __init__(self, path: Path, schema: pa.Schema, batch: int = 1000):
+        self.schema, self.batch, self.rows, self.count = schema, batch, [], 0
+        self.writer = pa.ipc.new_stream(str(path), schema)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        self.count += 1
+        if len(self.rows) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.writer.write_batch(pa.RecordBatch.from_pylist(self.rows, schema=self.schema))
+            self.rows = []
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+def prepare(cfg, tokenizer, spec=None, *, progress: bool = True, batch_size: int = 512) -> PreparedData:
+    """Prepare (or load from cache) the train and held-out samples of a run config."""
+    from tqdm import tqdm
+    renderer = renderer_for(cfg, tokenizer, spec)
+    key = cache_key(cfg, renderer)
+    final = Path(cfg.data.cache_dir) / key
+    if (final / "meta.json").is_file():
+        return PreparedData(final, json.loads((final / "meta.json").read_text()))
+    tmp = final.with_name(f".{key}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    started = time.perf_counter()
+    stats = DataStats()
+    pack_rows = cfg.render.pack
+    train = _ArrowWriter(tmp / "train.arrow", PACKED_SCHEMA if pack_rows else SAMPLE_SCHEMA)
+    heldout = _ArrowWriter(tmp / "heldout.arrow", SAMPLE_SCHEMA)
+    pending: list[Sample] = []
+    with open(tmp / "heldout_conversations.jsonl", "w", encoding="utf-8") as held_fh, \
+            tqdm(desc="prepare", unit=" rec", disable=not progress, mininterval=1.0) as bar:
+
+        def emit(batch) -> None:
+            convs = [k.record for k in batch if isinstance(k.record, Conversation)]
+            docs = [k.record for k in batch if not isinstance(k.record, Conversation)]
+            out = dict(zip((id(c) for c in convs), renderer.render_many(convs)))
+            out.update(zip((id(d) for d in docs), renderer.render_documents(docs)))
+            for k in batch:
+                for s in out[id(k.record)]:
+                    if k.heldout:
+                        heldout.add(asdict(s))
+                    elif pack_rows:
+                        pending.append(s)
+                    else:
+                        train.add(asdict(s))
+                if k.heldout and isinstance(k.record, Conversation):
+                    held_fh.write(json.dumps(k.record.to_dict(), ensure_ascii=False) + "\n")
+            if pack_rows and len(pending) > 4 * batch_size:
+                rows = pack(pending, cfg.render.max_seq_len)
+                for row in rows[:-1]:  # the last row may still fill up
+                    train.add(row)
+                pending[:] = pending[len(pending) - len(rows[-1]["lengths"]):]
+            bar.update(len(batch))
+            bar.set_postfix(kept=stats.conversations + stats.documents, skipped=sum(stats.skipped.values()))
+
+        batch = []
+        for keyed in iter_records(cfg.data, stats):
+            batch.append(keyed)
+            if len(batch) >= batch_size:
+                emit(batch)
+                batch = []
+        if batch:
+            emit(batch)
+        for row in pack(pending, cfg.render.max_seq_len) if pack_rows else []:
+            train.add(row)
+    train.close()
+    heldout.close()
+    meta = {"key": key, "data": stats.to_json(), "render": renderer.stats.to_json(),
+            "train_rows": train.count, "heldout_rows": heldout.count, "packed": pack_rows,
+            "seconds": round(time.perf_counter() - started, 3), "model": cfg.model.name}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    if final.exists():  # another process finished the same key first; theirs is as good as ours
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, final)
+    return PreparedData(final, meta)

@@ -1,0 +1,279 @@
+"""Conversation -> token ids + masks, with the model's own chat template.
+
+Masks never depend on `{% generation %}` markers (the official templates lack them). Instead each message's
+content is rendered as a unique placeholder, so one template call tells exactly where every message (and the
+special token that closes its turn) sits in the rendered text; the text is then tokenized once, with
+character offsets, and a token belongs to a message if its characters overlap the message's span.
+
+Each sample carries two masks, independent of the loss mode:
+- `token_mask`: the tokens this sample trains/evaluates in `loss: all` mode (the whole text; in a continuation
+  window only the new turns, not the repeated context);
+- `assistant_mask`: the assistant messages' tokens plus the token that closes each assistant turn
+  (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, `<|end|>`), so the model learns to stop.
+and `token_bytes` (UTF-8 bytes of text each token adds) for bits-per-byte.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import UserError
+from .records import Conversation, Document
+
+_PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")
+
+
+@dataclass
+class Sample:
+    input_ids: list[int]
+    token_mask: list[int]
+    assistant_mask: list[int]
+    token_bytes: list[int]
+    conversation_id: str
+    source: str
+    domain: str
+    language: str
+    window: int = 0            # index of this window within its conversation
+
+
+@dataclass
+class Rendered:
+    """A rendered message list: the text, and per message (turn_start, content_start, content_end, end)."""
+    text: str
+    spans: list[tuple[int, int, int, int]]
+    roles: list[str]
+
+
+@dataclass
+class RenderStats:
+    conversations: int = 0
+    samples: int = 0
+    tokens: int = 0
+    counts: Counter = field(default_factory=Counter)  # windowed conversations, token splits, ...
+
+    def to_json(self) -> dict:
+        return {"conversations": self.conversations, "samples": self.samples, "tokens": self.tokens,
+                **dict(sorted(self.counts.items()))}
+
+
+class ChatRenderer:
+    """Renders conversations for one tokenizer + template. `system_role=None` detects template support."""
+
+    def __init__(self, tokenizer, max_seq_len: int, *, system_role: bool | None = None,
+                 template_kwargs: dict | None = None, system_prompt: str | None = None,
+                 window_context_fraction: float = 0.5, verify_first: int = 3):
+        self.tok = tokenizer
+        self.max_seq_len = max_seq_len
+        self.template_kwargs = dict(template_kwargs or {})
+        self.system_prompt = system_prompt
+        self.context_fraction = window_context_fraction
+        self.system_role = self._template_takes_system() if system_role is None else system_role
+        specials = {t.content for t in tokenizer.added_tokens_decoder.values()}
+        self.specials = sorted(specials, key=len, reverse=True)
+        self._verify_left = verify_first
+        self.stats = RenderStats()
+
+    # -- messages and text ------------------------------------------------------------------------------
+    def _template_takes_system(self) -> bool:
+        try:
+            self._apply([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], False)
+            return True
+        except Exception:  # the template raises (Gemma: "System role not supported")
+            return False
+
+    def _apply(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                            **self.template_kwargs)
+
+    def messages(self, conv: Conversation) -> list[dict]:
+        """The conversation as template messages: system prompt added if configured, and folded into the first
+        user message for templates without a system role."""
+        msgs = [{"role": m.role, "content": m.content} for m in conv.messages]
+        if self.system_prompt and msgs[0]["role"] != "system":
+            msgs.insert(0, {"role": "system", "content": self.system_prompt})
+        if not self.system_role and msgs[0]["role"] == "system":
+            system = msgs.pop(0)["content"]
+            msgs[0] = {"role": "user", "content": f"{system}\n\n{msgs[0]['content']}"}
+        return msgs
+
+    def render_text(self, msgs: list[dict], add_generation_prompt: bool = False) -> Rendered:
+        ph = [{"role": m["role"], "content": f"\ue000{i}\ue001"} for i, m in enumerate(msgs)]
+        out = self._apply(ph, add_generation_prompt)
+        pieces = _PLACEHOLDER.split(out)
+        order = [int(i) for i in pieces[1::2]]
+        if order != list(range(len(msgs))):
+            raise UserError("the chat template drops, repeats or reorders messages; convlearn cannot locate "
+                            f"them (rendered order {order} for {len(msgs)} messages)")
+        text_parts: list[str] = []
+        pos = 0
+        spans = []
+        turn_start = 0
+        for k, scaffold in enumerate(pieces[0::2]):
+            text_parts.append(scaffold)
+            pos += len(scaffold)
+            if k > 0:  # close the previous message's span with the special token that ends its turn
+                start, c0, c1 = spans[-1]
+                end = c1 + next((len(s) for s in self.specials if scaffold.startswith(s)), 0)
+                spans[-1] = (start, c0, c1, end)
+                turn_start = end
+            if k < len(msgs):
+                content = msgs[k]["content"]
+                spans.append((turn_start, pos, pos + len(content)))
+                text_parts.append(content)
+                pos += len(content)
+        text = "".join(text_parts)
+        if self._verify_left > 0:
+            self._verify_left -= 1
+            direct = self._apply(msgs, add_generation_prompt)
+            if direct != text:
+                raise UserError("the chat template changes message text (beyond trimming whitespace), so "
+                                "masks cannot be placed exactly; strip or pre-process the messages first")
+        return Rendered(text, spans, [m["role"] for m in msgs])
+
+    # -- tokens and masks --------------------------------------------------------------------------------
+    def _encode(self, texts: list[str]) -> list[tuple[list[int], np.ndarray]]:
+        if not texts:
+            return []
+        enc = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return [(ids, np.asarray(off, dtype=np.int64).reshape(-1, 2))
+                for ids, off in zip(enc["input_ids"], enc["offset_mapping"])]
+
+    @staticmethod
+    def _span_mask(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
+        """1 for tokens whose characters overlap one of the (sorted, disjoint) spans."""
+        mask = np.zeros(len(offsets), dtype=np.int8)
+        if not spans or not len(offsets):
+            return mask
+        starts = np.array([s for s, _ in spans])
+        ends = np.array([e for _, e in spans])
+        j = np.searchsorted(starts, offsets[:, 1], side="left") - 1
+        ok = j >= 0
+        mask[ok] = (ends[j[ok]] > offsets[ok, 0]) & (offsets[ok, 1] > offsets[ok, 0])
+        return mask
+
+    @staticmethod
+    def _token_bytes(text: str, offsets: np.ndarray) -> np.ndarray:
+        """UTF-8 bytes each token adds (tokens sharing a character, like byte pieces of 'ö', count it once)."""
+        if not len(offsets):
+            return np.zeros(0, dtype=np.int32)
+        if text.isascii():
+            prefix = np.arange(len(text) + 1)
+        else:
+            cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+            per_char = 1 + (cp >= 0x80) + (cp >= 0x800) + (cp >= 0x10000)
+            prefix = np.concatenate([[0], np.cumsum(per_char)])
+        ends = offsets[:, 1]
+        prev_end = np.concatenate([[0], np.maximum.accumulate(ends)[:-1]])
+        start = np.maximum(offsets[:, 0], prev_end)
+        return np.maximum(prefix[ends] - prefix[np.minimum(start, ends)], 0).astype(np.int32)
+
+    def _sample(self, conv: Conversation, r: Rendered, ids: list[int], offsets: np.ndarray,
+                first_new: int, window: int) -> Sample:
+        new = range(first_new, len(r.spans))
+        loss_start = 0 if first_new == 0 else r.spans[first_new][0]
+        token_mask = self._span_mask(offsets, [(loss_start, len(r.text))])
+        assistant_mask = self._span_mask(offsets, [(r.spans[i][1], r.spans[i][3]) for i in new
+                                                   if r.roles[i] == "assistant"])
+        return Sample(list(ids), token_mask.tolist(), assistant_mask.tolist(),
+                      self._token_bytes(r.text, offsets).tolist(), conv.id, conv.source,
+                      conv.domain or conv.source, conv.language or "unknown", window)
+
+    def render(self, conv: Conversation) -> list[Sample]:
+        return self.render_many([conv])[0]
+
+    def render_many(self, convs: list[Conversation]) -> list[list[Sample]]:
+        """Render a batch (one tokenizer call for all, windows only where a conversation is too long)."""
+        rendered = [self.render_text(self.messages(c)) for c in convs]
+        encoded = self._encode([r.text for r in rendered])
+        out = []
+        for conv, r, (ids, offsets) in zip(convs, rendered, encoded):
+            if len(ids) <= self.max_seq_len:
+                samples = [self._sample(conv, r, ids, offsets, 0, 0)]
+            else:
+                samples = self._windows(conv, r, offsets)
+            self.stats.conversations += 1
+            self.stats.samples += len(samples)
+            self.stats.tokens += sum(len(s.input_ids) for s in samples)
+            out.append(samples)
+        return out
+
+    # -- windows for conversations longer than max_seq_len -----------------------------------------------
+    def _windows(self, conv: Conversation, full: Rendered, offsets: np.ndarray) -> list[Sample]:
+        from .windows import plan_windows
+        self.stats.counts["conversations_windowed"] += 1
+        msgs = self.messages(conv)
+        samples = []
+        for window, (ctx, new_from, upto) in enumerate(plan_windows(full, offsets, self, msgs)):
+            has_system = msgs[0]["role"] == "system"
+            sub = ([msgs[0]] if has_system else []) + msgs[ctx:upto]
+            # The first window trains on everything (system turn included), later ones on their new turns.
+            first_new = 0 if new_from == int(has_system) else new_from - ctx + int(has_system)
+            r = self.render_text(sub)
+            ids, offs = self._encode([r.text])[0]
+            if len(ids) <= self.max_seq_len:
+                samples.append(self._sample(conv, r, ids, offs, first_new, len(samples)))
+                continue
+            # One turn alone is longer than the window: split its tokens; every chunk keeps its masks.
+            whole = self._sample(conv, r, ids, offs, first_new, 0)
+            self.stats.counts["turns_split_by_tokens"] += 1
+            for start in range(0, len(ids), self.max_seq_len):
+                sl = slice(start, start + self.max_seq_len)
+                if not any(whole.token_mask[sl]):
+                    self.stats.counts["chunks_without_new_tokens_dropped"] += 1
+                    continue
+                samples.append(Sample(whole.input_ids[sl], whole.token_mask[sl], whole.assistant_mask[sl],
+                                      whole.token_bytes[sl], conv.id, conv.source, whole.domain,
+                                      whole.language, len(samples)))
+        self.stats.counts["windows"] += len(samples)
+        return samples
+
+    # -- plain documents (the original distribution) -----------------------------------------------------
+    def render_documents(self, docs: list[Document]) -> list[list[Sample]]:
+        """Text + EOS, cut into max_seq_len chunks (counted); every token is a target, none is assistant."""
+        eos = self.tok.eos_token or ""
+        texts = [d.text + eos for d in docs]
+        out = []
+        for doc, text, (ids, offsets) in zip(docs, texts, self._encode(texts)):
+            nbytes = self._token_bytes(text, offsets).tolist()
+            chunks = [slice(i, i + self.max_seq_len) for i in range(0, len(ids), self.max_seq_len)]
+            if len(chunks) > 1:
+                self.stats.counts["documents_split_by_tokens"] += 1
+            out.append([Sample(ids[c], [1] * len(ids[c]), [0] * len(ids[c]), nbytes[c], doc.id, doc.source,
+                               doc.domain or doc.source, doc.language or "unknown", w)
+                        for w, c in enumerate(chunks)])
+            self.stats.samples += len(chunks)
+            self.stats.tokens += len(ids)
+        return out
+
+    # -- prompt/response pairs for evaluation ------------------------------------------------------------
+    def prompt_response_pairs(self, conv: Conversation) -> list[dict]:
+        """Each assistant turn with its preceding context, rendered as a generation prompt."""
+        msgs = self.messages(conv)
+        pairs = []
+        for i, m in enumerate(msgs):
+            if m["role"] == "assistant" and i > 0:
+                pairs.append({"conversation_id": conv.id, "turn": i, "domain": conv.domain or conv.source,
+                              "prompt": self._apply(msgs[:i], True), "reference": m["content"]})
+        return pairs
+
+
+def pack(samples: list[Sample], max_seq_len: int) -> list[dict]:
+    """Greedily concatenate consecutive samples into rows of at most max_seq_len tokens; masks are kept per
+    token and `lengths` records each packed sample. Samples attend to earlier ones in their row, as in
+    ordinary packed pretraining."""
+    rows: list[dict] = []
+    cur: dict | None = None
+    for s in samples:
+        n = len(s.input_ids)
+        if cur is None or len(cur["input_ids"]) + n > max_seq_len:
+            cur = {"input_ids": [], "token_mask": [], "assistant_mask": [], "token_bytes": [], "lengths": [],
+                   "conversation_ids": []}
+            rows.append(cur)
+        for key in ("input_ids", "token_mask", "assistant_mask", "token_bytes"):
+            cur[key].extend(getattr(s, key))
+        cur["lengths"].append(n)
+        cur["conversation_ids"].append(s.conversation_id)
+    return rows

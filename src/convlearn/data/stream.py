@@ -1,0 +1,90 @@
+"""Sources -> normalized, filtered, scrubbed records with their held-out side, counting everything skipped."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .hygiene import RecordFilter, is_heldout, language_code, scrub, split_key
+from .readers import is_chatterbot_path, peek, read_rows
+from .records import Conversation, DataStats, Document, Skip
+from .sources import adapt, count_placeholders, detect_format
+
+
+def source_name(path: str) -> str:
+    """A short name for a source: `chatterbot`, a file's stem, or the dataset id."""
+    if path == "chatterbot":
+        return "chatterbot"
+    p = Path(path)
+    if p.exists():
+        name = p.name
+        for suffix in (".gz", ".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".yml", ".yaml"):
+            name = name.removesuffix(suffix)
+        return name or p.name
+    return path
+
+
+@dataclass
+class Keyed:
+    record: Conversation | Document
+    heldout: bool
+
+
+def read_source(src, stats: DataStats, record_filter: RecordFilter | None, do_scrub: bool
+                ) -> Iterator[Conversation | Document]:
+    """Records of one SourceConfig, in source order. Skips are counted in `stats`, never raised."""
+    rows = read_rows(src.path, src.split, src.subset, src.limit)
+    fmt = src.format
+    if fmt == "auto":
+        if is_chatterbot_path(src.path):
+            fmt = "chatterbot"
+        else:
+            head, rows = peek(rows)
+            fmt = detect_format(head)
+    stats.format = fmt if not stats.format or stats.format == fmt else "mixed"
+    name = source_name(src.path)
+
+    def counted(it):
+        for row in it:
+            stats.rows += 1
+            yield row
+
+    for item in adapt(fmt, counted(rows), name, stats.edits, src.oasst_best_path_only):
+        if isinstance(item, Skip):
+            stats.skip(item.reason)
+            continue
+        if src.domain:
+            item.domain = src.domain
+        elif item.domain is None:
+            item.domain = name
+        item.language = language_code(item.language)
+        if record_filter is not None:
+            try:
+                record_filter.check(item)
+            except Skip as s:
+                stats.skip(s.reason)
+                continue
+        for text in ([item.text] if isinstance(item, Document) else [m.content for m in item.messages]):
+            count_placeholders(text, stats.placeholders)
+        if do_scrub:
+            scrub(item, stats.scrubbed)
+        yield item
+
+
+def iter_records(data_cfg, stats: DataStats) -> Iterator[Keyed]:
+    """All sources of a DataConfig, filtered (dedup across sources), each record with its held-out side.
+    Stops once `max_conversations` training records were kept (held-out ones do not count)."""
+    record_filter = RecordFilter(data_cfg)
+    kept_train = 0
+    for src in data_cfg.sources:
+        for rec in read_source(src, stats, record_filter, data_cfg.scrub):
+            heldout = is_heldout(split_key(rec), data_cfg.heldout_fraction)
+            if not heldout and data_cfg.max_conversations is not None \
+                    and kept_train >= data_cfg.max_conversations:
+                return
+            stats.keep(rec)
+            if heldout:
+                stats.heldout += 1
+            else:
+                kept_train += 1
+            yield Keyed(rec, heldout)

@@ -1,0 +1,135 @@
+"""The models convlearn knows, and the one loading path for hub ids and local folders alike.
+
+The registry holds the facts the rest of the system needs per seed model; any other causal-LM id or local
+path also loads, with facts derived from its config's `model_type`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+# Linear layers that GaLore and LoRA target by default (all attention and MLP projections).
+_LLAMA_LIKE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_PHI3 = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class FamilyFacts:
+    """What is true of every model of one architecture family."""
+    family: str                      # our name; also the HF config `model_type`
+    system_role: bool                # does the chat template accept a system message?
+    target_modules: tuple[str, ...]  # default GaLore / LoRA targets
+    attn_implementation: str         # what to ask transformers for
+    # Chat-template variables pinned by default so rendering is deterministic (Llama-3 otherwise stamps
+    # today's date into every sample through strftime_now).
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+FAMILIES: dict[str, FamilyFacts] = {
+    "qwen2": FamilyFacts("qwen2", True, _LLAMA_LIKE, "sdpa"),
+    "llama": FamilyFacts("llama", True, _LLAMA_LIKE, "sdpa", {"date_string": "26 Jul 2024"}),
+    # Gemma-2's logit softcapping is not supported by sdpa; transformers refuses it, so eager.
+    "gemma2": FamilyFacts("gemma2", False, _LLAMA_LIKE, "eager"),
+    "phi3": FamilyFacts("phi3", True, _PHI3, "sdpa"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    hf_id: str
+    facts: FamilyFacts
+    params: str = ""        # nominal size, for tables
+    context: int = 0        # maximum context the model was trained for
+
+    @property
+    def family(self) -> str:
+        return self.facts.family
+
+
+REGISTRY: dict[str, ModelSpec] = {s.hf_id: s for s in [
+    ModelSpec("Qwen/Qwen2.5-0.5B-Instruct", FAMILIES["qwen2"], "0.5B", 32768),
+    ModelSpec("Qwen/Qwen2.5-1.5B-Instruct", FAMILIES["qwen2"], "1.5B", 32768),
+    ModelSpec("meta-llama/Llama-3.2-1B-Instruct", FAMILIES["llama"], "1.2B", 131072),
+    ModelSpec("google/gemma-2-2b-it", FAMILIES["gemma2"], "2.6B", 8192),
+    ModelSpec("microsoft/Phi-3.5-mini-instruct", FAMILIES["phi3"], "3.8B", 131072),
+]}
+DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
+
+
+def model_spec(name: str, revision: str | None = None) -> ModelSpec:
+    """Registry entry for a hub id, or facts derived from the config's model_type for anything else."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    model_type = _model_type(name, revision)
+    facts = FAMILIES.get(model_type) or FamilyFacts(model_type, True, _LLAMA_LIKE, "sdpa")
+    return ModelSpec(name, facts)
+
+
+def _model_type(name: str, revision: str | None) -> str:
+    local = Path(name) / "config.json"
+    if local.is_file():
+        return json.loads(local.read_text()).get("model_type", "unknown")
+    from transformers import AutoConfig
+    try:
+        return AutoConfig.from_pretrained(name, revision=revision).model_type
+    except OSError as e:
+        raise UserError(f"cannot load model config for {name!r}: {str(e).splitlines()[0]}") from None
+
+
+def resolve_device(device: str) -> str:
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("model.device is cuda but no CUDA device is available")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    """bf16 on GPU, fp32 on CPU for `auto` (bf16 is ~60x slower on CPUs without bf16 units)."""
+    import torch
+    if dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+    try:
+        tok = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise UserError(f"cannot load tokenizer for {name!r}: {str(e).splitlines()[0]}") from None
+    if not getattr(tok, "is_fast", False):
+        raise UserError(f"{name!r} has no fast tokenizer; convlearn needs character offsets to build masks")
+    if not tok.chat_template:
+        raise UserError(f"{name!r} has no chat template; conversations cannot be rendered")
+    return tok
+
+
+def load_model(name: str, *, revision: str | None = None, dtype: str = "auto", device: str = "auto",
+               attn_implementation: str | None = None, trust_remote_code: bool = False):
+    """AutoModelForCausalLM.from_pretrained with the registry's attention and dtype choices."""
+    from transformers import AutoModelForCausalLM
+    spec = model_spec(name, revision)
+    dev = resolve_device(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name, revision=revision, dtype=resolve_dtype(dtype, dev),
+            attn_implementation=attn_implementation or spec.facts.attn_implementation,
+            trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise UserError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+    return model.to(dev)
+
+
+def load_from_config(model_cfg) -> tuple[Any, Any, ModelSpec]:
+    """(model, tokenizer, spec) for a `ModelConfig` section."""
+    tok = load_tokenizer(model_cfg.name, model_cfg.revision, model_cfg.trust_remote_code)
+    model = load_model(model_cfg.name, revision=model_cfg.revision, dtype=model_cfg.dtype,
+                       device=model_cfg.device, attn_implementation=model_cfg.attn_implementation,
+                       trust_remote_code=model_cfg.trust_remote_code)
+    return model, tok, model_spec(model_cfg.name, model_cfg.revision)

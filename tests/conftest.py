@@ -1,0 +1,33 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the network: the hub is offline for them, as on CI.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).parent))
+
+ARCHS = ("qwen2", "llama", "gemma2", "phi3")
+
+
+@pytest.fixture(scope="session")
+def corpus():
+    from convlearn.tiny import training_corpus
+    return training_corpus()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, corpus):
+    """The four tiny twins, built once per test session: arch -> model folder."""
+    from convlearn.tiny import build_tiny_model
+    root = tmp_path_factory.mktemp("tiny")
+    return {arch: build_tiny_model(arch, root / arch, seed=0, texts=corpus) for arch in ARCHS}
+
+
+@pytest.fixture(scope="session")
+def tokenizers(tiny_models):
+    from convlearn.models import load_tokenizer
+    return {arch: load_tokenizer(str(path)) for arch, path in tiny_models.items()}

@@ -1,0 +1,117 @@
+"""Rendering with each family's chat template: exact masks, windows, token splits, packing, pairs."""
+import pytest
+
+from conftest import ARCHS
+from convlearn.data.records import Conversation, Message
+from convlearn.data.render import ChatRenderer, pack
+from convlearn.models import FAMILIES
+
+CLOSER = {"qwen2": "<|im_end|>", "llama": "<|eot_id|>", "gemma2": "<end_of_turn>", "phi3": "<|end|>"}
+
+
+def conversation(n_exchanges=2, system=True, long_answer=None):
+    msgs = [Message("system", "You answer briefly.")] if system else []
+    for i in range(n_exchanges):
+        msgs.append(Message("user", f"Question {i}: what is über-naïve {i * 7}? 😀"))
+        msgs.append(Message("assistant", long_answer if (long_answer and i == 0) else
+                            f"Answer {i}: it is a word, see (x+{i})."))
+    return Conversation("c1", "test", msgs, "en", "words")
+
+
+def renderer(tokenizers, arch, max_seq_len=100_000, **kw):
+    return ChatRenderer(tokenizers[arch], max_seq_len, template_kwargs=FAMILIES[arch].template_kwargs, **kw)
+
+
+def masked(tok, ids, mask):
+    return tok.decode([i for i, m in zip(ids, mask) if m])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_assistant_mask_decodes_to_the_assistant_messages(tokenizers, arch):
+    tok, conv = tokenizers[arch], conversation(3)
+    r = renderer(tokenizers, arch)
+    (s,) = r.render(conv)
+    answers = [m.content for m in conv.messages if m.role == "assistant"]
+    assert masked(tok, s.input_ids, s.assistant_mask) == "".join(a + CLOSER[arch] for a in answers)
+    assert sum(s.token_mask) == len(s.input_ids)  # loss: all = every token of a one-window conversation
+    # the ids are exactly what the template + tokenizer produce for the same messages
+    text = tok.apply_chat_template(r.messages(conv), tokenize=False, **FAMILIES[arch].template_kwargs)
+    assert s.input_ids == tok(text, add_special_tokens=False)["input_ids"]
+    assert sum(s.token_bytes) == len(text.encode("utf-8"))
+
+
+def test_system_role_detection_and_folding(tokenizers):
+    assert [renderer(tokenizers, a).system_role for a in ARCHS] == [True, True, False, True]
+    msgs = renderer(tokenizers, "gemma2").messages(conversation(1))
+    assert msgs[0] == {"role": "user", "content": "You answer briefly.\n\nQuestion 0: what is über-naïve 0? 😀"}
+
+
+def test_system_prompt_added_only_where_missing(tokenizers):
+    r = renderer(tokenizers, "qwen2", system_prompt="Be kind.")
+    assert r.messages(conversation(1, system=False))[0] == {"role": "system", "content": "Be kind."}
+    assert r.messages(conversation(1))[0]["content"] == "You answer briefly."
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_long_conversation_is_windowed_at_turn_boundaries(tokenizers, arch):
+    tok, conv = tokenizers[arch], conversation(12)
+    full = renderer(tokenizers, arch).render(conv)[0]
+    r = renderer(tokenizers, arch, max_seq_len=len(full.input_ids) // 3)
+    windows = r.render(conv)
+    assert len(windows) >= 3 and all(len(w.input_ids) <= r.max_seq_len for w in windows)
+    assert [w.window for w in windows] == list(range(len(windows)))
+    # every assistant message is trained exactly once across the windows, in order
+    answers = [m.content for m in conv.messages if m.role == "assistant"]
+    got = "".join(masked(tok, w.input_ids, w.assistant_mask) for w in windows)
+    assert got == "".join(a + CLOSER[arch] for a in answers)
+    # later windows carry preceding context that is not trained again
+    assert any(sum(w.token_mask) < len(w.input_ids) for w in windows[1:])
+    assert r.stats.counts["conversations_windowed"] == 1 and "turns_split_by_tokens" not in r.stats.counts
+    assert sum(sum(w.assistant_mask) for w in windows) == sum(full.assistant_mask)
+
+
+def test_single_turn_longer_than_window_is_split_by_tokens(tokenizers):
+    tok = tokenizers["qwen2"]
+    long = " ".join(f"word{i}" for i in range(300))
+    conv = conversation(2, long_answer=long)
+    full = renderer(tokenizers, "qwen2").render(conv)[0]
+    r = renderer(tokenizers, "qwen2", max_seq_len=128)
+    samples = r.render(conv)
+    assert all(len(s.input_ids) <= 128 for s in samples)
+    assert r.stats.counts["turns_split_by_tokens"] == 1
+    got = "".join(masked(tok, s.input_ids, s.assistant_mask) for s in samples)
+    assert got == long + "<|im_end|>" + "Answer 1: it is a word, see (x+1).<|im_end|>"
+    assert sum(sum(s.assistant_mask) for s in samples) == sum(full.assistant_mask)
+
+
+def test_masks_never_empty_on_the_bundled_corpus(tokenizers):
+    from convlearn.config import DataConfig, SourceConfig
+    from convlearn.data.records import DataStats
+    from convlearn.data.stream import iter_records
+    convs = [k.record for k in iter_records(DataConfig(sources=[SourceConfig(path="chatterbot")]), DataStats())]
+    for arch in ARCHS:
+        r = renderer(tokenizers, arch, max_seq_len=256)
+        for conv, samples in zip(convs, r.render_many(convs)):
+            assert sum(sum(s.assistant_mask) for s in samples) > 0, (arch, conv.id)
+            assert all(len(s.input_ids) <= 256 for s in samples)
+
+
+def test_pack_keeps_masks_and_order(tokenizers):
+    r = renderer(tokenizers, "llama")
+    samples = [s for i in range(1, 6) for s in r.render(conversation(i))]
+    rows = pack(samples, 400)
+    assert all(len(row["input_ids"]) <= 400 for row in rows)
+    assert sum(len(row["lengths"]) for row in rows) == len(samples)
+    for key in ("input_ids", "token_mask", "assistant_mask", "token_bytes"):
+        assert [x for row in rows for x in row[key]] == [x for s in samples for x in getattr(s, key)]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prompt_response_pairs(tokenizers, arch):
+    r = renderer(tokenizers, arch)
+    conv = conversation(2)
+    pairs = r.prompt_response_pairs(conv)
+    assert [p["reference"] for p in pairs] == [m.content for m in conv.messages if m.role == "assistant"]
+    full = r.render_text(r.messages(conv)).text
+    for p in pairs:
+        assert (full.startswith(p["prompt"] + p["reference"]))
