@@ -11,14 +11,16 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
+from ..config.schema import to_dict
 from .records import Conversation, DataStats
 from .render import ChatRenderer, Sample, pack
-from .stream import iter_records
+from .stream import iter_records, prefetch_batches
 
 CACHE_VERSION = 1  # bump when normalization or rendering changes what a cache holds
 
@@ -73,7 +75,7 @@ def _source_fingerprint(src) -> dict:
 
 
 def cache_key(cfg, renderer: ChatRenderer) -> str:
-    data = asdict(cfg.data)
+    data = to_dict(cfg.data)
     data.pop("cache_dir")
     tok = renderer.tok
     payload = {
@@ -100,13 +102,29 @@ class _ArrowWriter:
             self.flush()
 
     def flush(self) -> None:
-        if self.rows:
-            self.writer.write_batch(pa.RecordBatch.from_pylist(self.rows, schema=self.schema))
-            self.rows = []
+        if not self.rows:
+            return
+        columns = []
+        for f in self.schema:
+            values = [row[f.name] for row in self.rows]
+            if pa.types.is_list(f.type) and isinstance(values[0], np.ndarray):
+                # numpy columns: one concatenate + offsets, instead of a Python object per token
+                offsets = np.zeros(len(values) + 1, dtype=np.int32)
+                np.cumsum([len(v) for v in values], out=offsets[1:])
+                flat = np.concatenate(values).astype(f.type.value_type.to_pandas_dtype(), copy=False)
+                columns.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)))
+            else:
+                columns.append(pa.array(values, type=f.type))
+        self.writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self.schema))
+        self.rows = []
 
     def close(self) -> None:
         self.flush()
         self.writer.close()
+
+
+def _row(s: Sample) -> dict:
+    return {f.name: getattr(s, f.name) for f in fields(s)}  # no deep copy (dataclasses.asdict copies)
 
 
 def prepare(cfg, tokenizer, spec=None, *, progress: bool = True, batch_size: int = 512) -> PreparedData:
@@ -137,11 +155,11 @@ def prepare(cfg, tokenizer, spec=None, *, progress: bool = True, batch_size: int
             for k in batch:
                 for s in out[id(k.record)]:
                     if k.heldout:
-                        heldout.add(asdict(s))
+                        heldout.add(_row(s))
                     elif pack_rows:
                         pending.append(s)
                     else:
-                        train.add(asdict(s))
+                        train.add(_row(s))
                 if k.heldout and isinstance(k.record, Conversation):
                     held_fh.write(json.dumps(k.record.to_dict(), ensure_ascii=False) + "\n")
             if pack_rows and len(pending) > 4 * batch_size:
@@ -152,13 +170,7 @@ def prepare(cfg, tokenizer, spec=None, *, progress: bool = True, batch_size: int
             bar.update(len(batch))
             bar.set_postfix(kept=stats.conversations + stats.documents, skipped=sum(stats.skipped.values()))
 
-        batch = []
-        for keyed in iter_records(cfg.data, stats):
-            batch.append(keyed)
-            if len(batch) >= batch_size:
-                emit(batch)
-                batch = []
-        if batch:
+        for batch in prefetch_batches(iter_records(cfg.data, stats), batch_size):
             emit(batch)
         for row in pack(pending, cfg.render.max_seq_len) if pack_rows else []:
             train.add(row)

@@ -2,8 +2,8 @@
 
 Masks never depend on `{% generation %}` markers (the official templates lack them). Instead each message's
 content is rendered as a unique placeholder, so one template call tells exactly where every message (and the
-special token that closes its turn) sits in the rendered text; the text is then tokenized once, with
-character offsets, and a token belongs to a message if its characters overlap the message's span.
+special token that closes its turn) sits in the rendered text; the text is then tokenized once, and a token
+belongs to a message if its bytes overlap the message's span (positions from `tokens.TokenEncoder`).
 
 Each sample carries two masks, independent of the loss mode:
 - `token_mask`: the tokens this sample trains/evaluates in `loss: all` mode (the whole text; in a continuation
@@ -22,16 +22,17 @@ import numpy as np
 
 from ..errors import UserError
 from .records import Conversation, Document
+from .tokens import Encoded, TokenEncoder, byte_prefix, span_mask
 
 _PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")
 
 
 @dataclass
 class Sample:
-    input_ids: list[int]
-    token_mask: list[int]
-    assistant_mask: list[int]
-    token_bytes: list[int]
+    input_ids: np.ndarray       # int32
+    token_mask: np.ndarray      # int8
+    assistant_mask: np.ndarray  # int8
+    token_bytes: np.ndarray     # int32
     conversation_id: str
     source: str
     domain: str
@@ -41,10 +42,20 @@ class Sample:
 
 @dataclass
 class Rendered:
-    """A rendered message list: the text, and per message (turn_start, content_start, content_end, end)."""
+    """A rendered message list: the text, and per message (turn_start, content_start, content_end, end) as
+    character positions; `byte_spans` gives the same in UTF-8 bytes."""
     text: str
     spans: list[tuple[int, int, int, int]]
     roles: list[str]
+
+    def byte_spans(self) -> list[tuple[int, ...]]:
+        if self.text.isascii():
+            return self.spans
+        prefix = byte_prefix(self.text)
+        return [tuple(int(prefix[p]) for p in span) for span in self.spans]
+
+    def nbytes(self) -> int:
+        return len(self.text.encode("utf-8", "surrogatepass"))
 
 
 @dataclass
@@ -73,6 +84,8 @@ class ChatRenderer:
         self.system_role = self._template_takes_system() if system_role is None else system_role
         specials = {t.content for t in tokenizer.added_tokens_decoder.values()}
         self.specials = sorted(specials, key=len, reverse=True)
+        self.encoder = TokenEncoder(tokenizer)
+        self._template = _compiled_template(tokenizer)
         self._verify_left = verify_first
         self.stats = RenderStats()
 
@@ -88,6 +101,15 @@ class ChatRenderer:
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
                                             **self.template_kwargs)
 
+    def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        """The compiled template with the variables apply_chat_template passes (half its cost is copying and
+        validating messages we built ourselves); checked against apply_chat_template on the first calls."""
+        if self._template is None:
+            return self._apply(messages, add_generation_prompt)
+        return self._template.render(messages=messages, tools=None, documents=None,
+                                     add_generation_prompt=add_generation_prompt,
+                                     **self.tok.special_tokens_map, **self.template_kwargs)
+
     def messages(self, conv: Conversation) -> list[dict]:
         """The conversation as template messages: system prompt added if configured, and folded into the first
         user message for templates without a system role."""
@@ -101,7 +123,7 @@ class ChatRenderer:
 
     def render_text(self, msgs: list[dict], add_generation_prompt: bool = False) -> Rendered:
         ph = [{"role": m["role"], "content": f"\ue000{i}\ue001"} for i, m in enumerate(msgs)]
-        out = self._apply(ph, add_generation_prompt)
+        out = self._render(ph, add_generation_prompt)
         pieces = _PLACEHOLDER.split(out)
         order = [int(i) for i in pieces[1::2]]
         if order != list(range(len(msgs))):
@@ -134,51 +156,13 @@ class ChatRenderer:
         return Rendered(text, spans, [m["role"] for m in msgs])
 
     # -- tokens and masks --------------------------------------------------------------------------------
-    def _encode(self, texts: list[str]) -> list[tuple[list[int], np.ndarray]]:
-        if not texts:
-            return []
-        enc = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True)
-        return [(ids, np.asarray(off, dtype=np.int64).reshape(-1, 2))
-                for ids, off in zip(enc["input_ids"], enc["offset_mapping"])]
-
-    @staticmethod
-    def _span_mask(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
-        """1 for tokens whose characters overlap one of the (sorted, disjoint) spans."""
-        mask = np.zeros(len(offsets), dtype=np.int8)
-        if not spans or not len(offsets):
-            return mask
-        starts = np.array([s for s, _ in spans])
-        ends = np.array([e for _, e in spans])
-        j = np.searchsorted(starts, offsets[:, 1], side="left") - 1
-        ok = j >= 0
-        mask[ok] = (ends[j[ok]] > offsets[ok, 0]) & (offsets[ok, 1] > offsets[ok, 0])
-        return mask
-
-    @staticmethod
-    def _token_bytes(text: str, offsets: np.ndarray) -> np.ndarray:
-        """UTF-8 bytes each token adds (tokens sharing a character, like byte pieces of 'ö', count it once)."""
-        if not len(offsets):
-            return np.zeros(0, dtype=np.int32)
-        if text.isascii():
-            prefix = np.arange(len(text) + 1)
-        else:
-            cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-            per_char = 1 + (cp >= 0x80) + (cp >= 0x800) + (cp >= 0x10000)
-            prefix = np.concatenate([[0], np.cumsum(per_char)])
-        ends = offsets[:, 1]
-        prev_end = np.concatenate([[0], np.maximum.accumulate(ends)[:-1]])
-        start = np.maximum(offsets[:, 0], prev_end)
-        return np.maximum(prefix[ends] - prefix[np.minimum(start, ends)], 0).astype(np.int32)
-
-    def _sample(self, conv: Conversation, r: Rendered, ids: list[int], offsets: np.ndarray,
-                first_new: int, window: int) -> Sample:
-        new = range(first_new, len(r.spans))
-        loss_start = 0 if first_new == 0 else r.spans[first_new][0]
-        token_mask = self._span_mask(offsets, [(loss_start, len(r.text))])
-        assistant_mask = self._span_mask(offsets, [(r.spans[i][1], r.spans[i][3]) for i in new
-                                                   if r.roles[i] == "assistant"])
-        return Sample(list(ids), token_mask.tolist(), assistant_mask.tolist(),
-                      self._token_bytes(r.text, offsets).tolist(), conv.id, conv.source,
+    def _sample(self, conv: Conversation, r: Rendered, enc: Encoded, first_new: int, window: int) -> Sample:
+        spans = r.byte_spans()
+        loss_start = 0 if first_new == 0 else spans[first_new][0]
+        token_mask = span_mask(enc, [(loss_start, r.nbytes())])
+        assistant_mask = span_mask(enc, [(spans[i][1], spans[i][3]) for i in range(first_new, len(spans))
+                                         if r.roles[i] == "assistant"])
+        return Sample(enc.ids, token_mask, assistant_mask, enc.nbytes, conv.id, conv.source,
                       conv.domain or conv.source, conv.language or "unknown", window)
 
     def render(self, conv: Conversation) -> list[Sample]:
@@ -187,13 +171,13 @@ class ChatRenderer:
     def render_many(self, convs: list[Conversation]) -> list[list[Sample]]:
         """Render a batch (one tokenizer call for all, windows only where a conversation is too long)."""
         rendered = [self.render_text(self.messages(c)) for c in convs]
-        encoded = self._encode([r.text for r in rendered])
+        encoded = self.encoder.encode([r.text for r in rendered])
         out = []
-        for conv, r, (ids, offsets) in zip(convs, rendered, encoded):
-            if len(ids) <= self.max_seq_len:
-                samples = [self._sample(conv, r, ids, offsets, 0, 0)]
+        for conv, r, enc in zip(convs, rendered, encoded):
+            if len(enc.ids) <= self.max_seq_len:
+                samples = [self._sample(conv, r, enc, 0, 0)]
             else:
-                samples = self._windows(conv, r, offsets)
+                samples = self._windows(conv, r, enc)
             self.stats.conversations += 1
             self.stats.samples += len(samples)
             self.stats.tokens += sum(len(s.input_ids) for s in samples)
@@ -201,27 +185,21 @@ class ChatRenderer:
         return out
 
     # -- windows for conversations longer than max_seq_len -----------------------------------------------
-    def _windows(self, conv: Conversation, full: Rendered, offsets: np.ndarray) -> list[Sample]:
+    def _windows(self, conv: Conversation, full: Rendered, full_enc: Encoded) -> list[Sample]:
         from .windows import plan_windows
         self.stats.counts["conversations_windowed"] += 1
         msgs = self.messages(conv)
-        samples = []
-        for window, (ctx, new_from, upto) in enumerate(plan_windows(full, offsets, self, msgs)):
-            has_system = msgs[0]["role"] == "system"
-            sub = ([msgs[0]] if has_system else []) + msgs[ctx:upto]
-            # The first window trains on everything (system turn included), later ones on their new turns.
-            first_new = 0 if new_from == int(has_system) else new_from - ctx + int(has_system)
-            r = self.render_text(sub)
-            ids, offs = self._encode([r.text])[0]
-            if len(ids) <= self.max_seq_len:
-                samples.append(self._sample(conv, r, ids, offs, first_new, len(samples)))
+        samples: list[Sample] = []
+        for r, enc, first_new in plan_windows(full, full_enc, self, msgs):
+            if len(enc.ids) <= self.max_seq_len:
+                samples.append(self._sample(conv, r, enc, first_new, len(samples)))
                 continue
             # One turn alone is longer than the window: split its tokens; every chunk keeps its masks.
-            whole = self._sample(conv, r, ids, offs, first_new, 0)
+            whole = self._sample(conv, r, enc, first_new, 0)
             self.stats.counts["turns_split_by_tokens"] += 1
-            for start in range(0, len(ids), self.max_seq_len):
+            for start in range(0, len(enc.ids), self.max_seq_len):
                 sl = slice(start, start + self.max_seq_len)
-                if not any(whole.token_mask[sl]):
+                if not whole.token_mask[sl].any():
                     self.stats.counts["chunks_without_new_tokens_dropped"] += 1
                     continue
                 samples.append(Sample(whole.input_ids[sl], whole.token_mask[sl], whole.assistant_mask[sl],
@@ -236,13 +214,13 @@ class ChatRenderer:
         eos = self.tok.eos_token or ""
         texts = [d.text + eos for d in docs]
         out = []
-        for doc, text, (ids, offsets) in zip(docs, texts, self._encode(texts)):
-            nbytes = self._token_bytes(text, offsets).tolist()
+        for doc, enc in zip(docs, self.encoder.encode(texts)):
+            ids, nbytes = enc.ids, enc.nbytes
             chunks = [slice(i, i + self.max_seq_len) for i in range(0, len(ids), self.max_seq_len)]
             if len(chunks) > 1:
                 self.stats.counts["documents_split_by_tokens"] += 1
-            out.append([Sample(ids[c], [1] * len(ids[c]), [0] * len(ids[c]), nbytes[c], doc.id, doc.source,
-                               doc.domain or doc.source, doc.language or "unknown", w)
+            out.append([Sample(ids[c], np.ones(len(ids[c]), np.int8), np.zeros(len(ids[c]), np.int8), nbytes[c],
+                               doc.id, doc.source, doc.domain or doc.source, doc.language or "unknown", w)
                         for w, c in enumerate(chunks)])
             self.stats.samples += len(chunks)
             self.stats.tokens += len(ids)
@@ -260,20 +238,27 @@ class ChatRenderer:
         return pairs
 
 
+def _compiled_template(tokenizer):
+    try:  # transformers' own (cached, sandboxed) compilation of the template, so it renders identically
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+        return _compile_jinja_template(tokenizer.chat_template)
+    except Exception:  # a private helper: if it moves, apply_chat_template is the (slower) way
+        return None
+
+
 def pack(samples: list[Sample], max_seq_len: int) -> list[dict]:
     """Greedily concatenate consecutive samples into rows of at most max_seq_len tokens; masks are kept per
     token and `lengths` records each packed sample. Samples attend to earlier ones in their row, as in
     ordinary packed pretraining."""
-    rows: list[dict] = []
-    cur: dict | None = None
+    groups: list[list[Sample]] = []
+    used = max_seq_len + 1
     for s in samples:
-        n = len(s.input_ids)
-        if cur is None or len(cur["input_ids"]) + n > max_seq_len:
-            cur = {"input_ids": [], "token_mask": [], "assistant_mask": [], "token_bytes": [], "lengths": [],
-                   "conversation_ids": []}
-            rows.append(cur)
-        for key in ("input_ids", "token_mask", "assistant_mask", "token_bytes"):
-            cur[key].extend(getattr(s, key))
-        cur["lengths"].append(n)
-        cur["conversation_ids"].append(s.conversation_id)
-    return rows
+        if used + len(s.input_ids) > max_seq_len:
+            groups.append([])
+            used = 0
+        groups[-1].append(s)
+        used += len(s.input_ids)
+    return [{**{key: np.concatenate([getattr(s, key) for s in g])
+                for key in ("input_ids", "token_mask", "assistant_mask", "token_bytes")},
+             "lengths": [len(s.input_ids) for s in g], "conversation_ids": [s.conversation_id for s in g]}
+            for g in groups]

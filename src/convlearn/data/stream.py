@@ -1,7 +1,9 @@
 """Sources -> normalized, filtered, scrubbed records with their held-out side, counting everything skipped."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,3 +90,48 @@ def iter_records(data_cfg, stats: DataStats) -> Iterator[Keyed]:
             else:
                 kept_train += 1
             yield Keyed(rec, heldout)
+
+
+def prefetch_batches(items: Iterable, batch_size: int, depth: int = 4) -> Iterator[list]:
+    """Batches of `items`, produced by a background thread while the caller works on the previous batch.
+
+    Reading and normalizing is Python work; tokenizing is Rust work that releases the GIL. Overlapping the two
+    is what lets both cores work. An exception in the reader is re-raised here, in the caller's thread.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            batch = []
+            for item in items:
+                if stop.is_set():
+                    return
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    q.put(batch)
+                    batch = []
+            if batch:
+                q.put(batch)
+            q.put(done)
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(e)
+
+    thread = threading.Thread(target=produce, name="convlearn-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            got = q.get()
+            if got is done:
+                return
+            if isinstance(got, BaseException):
+                raise got
+            yield got
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
