@@ -52,10 +52,13 @@ def test_prepare_caches_by_data_tokenizer_and_rendering(tmp_path, tiny_models):
     meta = json.loads(first.stdout)
     assert meta["data"]["conversations"] == 5 + 898 and meta["data"]["format"] == "mixed"
     assert meta["heldout_rows"] > 0 and meta["train_rows"] > 0
+    assert 0 < meta["train_assistant_tokens"] < meta["train_loss_tokens"] == meta["train_all_tokens"]
     again = json.loads(cli("data", "prepare", str(cfg), *base).stdout)
     assert again == meta  # served from the cache: same key, same figures
     other = json.loads(cli("data", "prepare", str(cfg), *base, "--set", "render.max_seq_len=256").stdout)
     assert other["key"] != meta["key"]
+    assistant = json.loads(cli("data", "prepare", str(cfg), *base, "--set", "render.loss=assistant").stdout)
+    assert assistant["key"] == meta["key"] and assistant["train_loss_tokens"] == meta["train_assistant_tokens"]
 
     from convlearn.data.prepare import PreparedData
     from pathlib import Path

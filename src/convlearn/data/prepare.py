@@ -11,12 +11,14 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from ..config.run import dump_config
 from ..config.schema import to_dict
 from .records import Conversation, DataStats
 from .render import ChatRenderer, Sample, pack
@@ -134,7 +136,7 @@ def prepare(cfg, tokenizer, spec=None, *, progress: bool = True, batch_size: int
     key = cache_key(cfg, renderer)
     final = Path(cfg.data.cache_dir) / key
     if (final / "meta.json").is_file():
-        return PreparedData(final, json.loads((final / "meta.json").read_text()))
+        return _with_loss(PreparedData(final, json.loads((final / "meta.json").read_text())), cfg)
     tmp = final.with_name(f".{key}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -144,6 +146,7 @@ def prepare(cfg, tokenizer, spec=None, *, progress: bool = True, batch_size: int
     train = _ArrowWriter(tmp / "train.arrow", PACKED_SCHEMA if pack_rows else SAMPLE_SCHEMA)
     heldout = _ArrowWriter(tmp / "heldout.arrow", SAMPLE_SCHEMA)
     pending: list[Sample] = []
+    counts: Counter = Counter()  # loss tokens per split under each mask
     with open(tmp / "heldout_conversations.jsonl", "w", encoding="utf-8") as held_fh, \
             tqdm(desc="prepare", unit=" rec", disable=not progress, mininterval=1.0) as bar:
 
@@ -154,6 +157,8 @@ def prepare(cfg, tokenizer, spec=None, *, progress: bool = True, batch_size: int
             out.update(zip((id(d) for d in docs), renderer.render_documents(docs)))
             for k in batch:
                 for s in out[id(k.record)]:
+                    counts["heldout" if k.heldout else "train"] += int(s.token_mask.sum())
+                    counts[("heldout" if k.heldout else "train") + "_assistant"] += int(s.assistant_mask.sum())
                     if k.heldout:
                         heldout.add(_row(s))
                     elif pack_rows:
@@ -178,10 +183,22 @@ def prepare(cfg, tokenizer, spec=None, *, progress: bool = True, batch_size: int
     heldout.close()
     meta = {"key": key, "data": stats.to_json(), "render": renderer.stats.to_json(),
             "train_rows": train.count, "heldout_rows": heldout.count, "packed": pack_rows,
+            "train_all_tokens": counts["train"], "train_assistant_tokens": counts["train_assistant"],
+            "heldout_all_tokens": counts["heldout"], "heldout_assistant_tokens": counts["heldout_assistant"],
             "seconds": round(time.perf_counter() - started, 3), "model": cfg.model.name}
+    (tmp / "config.yaml").write_text(dump_config(cfg))
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     if final.exists():  # another process finished the same key first; theirs is as good as ours
         shutil.rmtree(tmp)
     else:
         os.replace(tmp, final)
-    return PreparedData(final, meta)
+    return _with_loss(PreparedData(final, meta), cfg)
+
+
+def _with_loss(prepared: PreparedData, cfg) -> PreparedData:
+    """The cache serves both loss modes; the figures of the configured one are added on the way out."""
+    mask = "all" if cfg.render.loss == "all" else "assistant"
+    prepared.meta = {**prepared.meta, "loss": cfg.render.loss,
+                     "train_loss_tokens": prepared.meta[f"train_{mask}_tokens"],
+                     "heldout_loss_tokens": prepared.meta[f"heldout_{mask}_tokens"]}
+    return prepared
