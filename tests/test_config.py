@@ -16,9 +16,10 @@ def cli(*args, cwd=None):
 
 def test_defaults_and_overrides_round_trip(tmp_path):
     cfg = load_config(None, ["data.sources.0.limit=5", "render.loss=assistant", "data.languages=[en, de]",
+                             "train.lr=1e-5",
                              "render.template_kwargs={date_string: 1 Jan 2025}"])
     assert cfg.model.name == "Qwen/Qwen2.5-1.5B-Instruct"
-    assert cfg.data.sources[0].limit == 5 and cfg.render.loss == "assistant"
+    assert cfg.data.sources[0].limit == 5 and cfg.render.loss == "assistant" and cfg.train.lr == 1e-5
     assert cfg.data.languages == ["en", "de"] and cfg.render.template_kwargs == {"date_string": "1 Jan 2025"}
     path = tmp_path / "resolved.yaml"
     path.write_text(dump_config(cfg))

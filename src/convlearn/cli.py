@@ -45,6 +45,20 @@ def _cmd_data_prepare(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from .config import load_config
+    from .experiments.run import run_training
+    from .train.loop import RunStopped
+    cfg = load_config(args.config, args.set)
+    try:
+        summary = run_training(cfg, args.out, args.max_steps, args.resume)
+    except RunStopped as e:
+        print(f"convlearn: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .experiments.demo import run_demo
     run_demo(args.out)
@@ -60,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the embedded default offline on CPU")
     demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     demo.set_defaults(func=_cmd_demo)
+
+    train = sub.add_parser("train", help="continue training a model on a run config")
+    train.add_argument("config", help="YAML run config")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    train.add_argument("--out", default=None, help="run directory (default: output_dir of the config)")
+    train.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    train.set_defaults(func=_cmd_train)
 
     tiny = sub.add_parser("tiny-model", help="build a tiny offline twin of a seed architecture")
     tiny.add_argument("--arch", required=True, choices=ARCHS)

@@ -97,6 +97,12 @@ def resolve_dtype(dtype: str, device: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+def quiet_transformers() -> None:
+    """No per-file progress bars from transformers (loading/saving shards): our own bars say what runs."""
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+
+
 def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
     try:
@@ -114,6 +120,7 @@ def load_model(name: str, *, revision: str | None = None, dtype: str = "auto", d
                attn_implementation: str | None = None, trust_remote_code: bool = False):
     """AutoModelForCausalLM.from_pretrained with the registry's attention and dtype choices."""
     from transformers import AutoModelForCausalLM
+    quiet_transformers()
     spec = model_spec(name, revision)
     dev = resolve_device(device)
     try:

@@ -168,6 +168,9 @@ def build_tiny_model(arch: str, out: str | Path, seed: int = 0, vocab_size: int 
     """Build and save a tiny twin of `arch` in `out`. Deterministic for a given seed and machine."""
     import torch
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from .models import quiet_transformers
+    quiet_transformers()
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
     out = Path(out)

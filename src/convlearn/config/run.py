@@ -94,13 +94,96 @@ class RenderConfig:
                                               "change with the day).")
 
 
+Method = Literal["adamw", "lora", "galore", "galore8bit", "apollo", "apollo_mini"]
+
+
+@section
+class MethodConfig:
+    name: Method = opt("galore", "adamw = full fine-tuning with torch AdamW (the baseline); lora = peft LoRA; "
+                                 "galore = GaLore on the 2-D attention/MLP weights, AdamW on the rest; galore8bit, "
+                                 "apollo, apollo_mini = their libraries' optimizers (CUDA / optional extra).")
+    target_modules: list[str] = opt([], "Linear modules LoRA adapts and GaLore projects; empty = the model "
+                                        "family's attention and MLP projections (registry).")
+    lora_rank: int = opt(64, "LoRA rank r.", ge=1)
+    lora_alpha: float = opt(128.0, "LoRA alpha (scale = alpha / r).", gt=0)
+    lora_dropout: float = opt(0.05, "Dropout on the LoRA input.", ge=0.0, lt=1.0)
+    save_merged: bool = opt(False, "LoRA: also save the merged full model at the end (`merged/`).")
+    rank: int = opt(128, "GaLore / APOLLO projection rank (the seed uses 256 and 128).", ge=1)
+    update_proj_gap: int = opt(200, "Optimizer steps between projector refreshes.", ge=1)
+    scale: float = opt(0.25, "GaLore scale applied to the projected-back update.", gt=0)
+    proj_type: Literal["std", "reverse_std", "left", "right"] = opt(
+        "std", "Which side GaLore projects (std: the smaller side of each matrix, as the reference).")
+    refresh: Literal["svd", "randomized", "random"] = opt(
+        "svd", "How a projector is refreshed: svd = full SVD of the gradient (the reference); randomized = "
+               "randomized low-rank SVD (much cheaper on large matrices); random = a random orthonormal "
+               "projection (no SVD; robust to small noisy batches).")
+    randomized_oversample: int = opt(8, "randomized: extra columns beyond the rank.", ge=0)
+    randomized_iters: int = opt(2, "randomized: power iterations.", ge=0)
+    layerwise: bool = opt(False, "GaLore: update each weight in its own backward hook and free its gradient "
+                                 "at once, so full gradients never all coexist.")
+    layerwise_accumulation: Literal["lowrank", "full"] = opt(
+        "lowrank", "Layer-wise with train.grad_accum > 1: lowrank = project each micro-batch's gradient and "
+                   "free it (memory saving survives accumulation; full gradients are kept only on "
+                   "projector-refresh steps, which need them); full = accumulate full gradients as usual.")
+    apollo_scale: float = opt(1.0, "APOLLO scale (apollo_mini uses rank 1 and its own scale).", gt=0)
+
+
+@section
+class TrainConfig:
+    max_steps: int = opt(1000, "Optimizer steps to run (`--max-steps` overrides).", ge=1)
+    batch_size: int = opt(8, "Samples per micro-batch per process (the online experiment uses 1-2).", ge=1)
+    grad_accum: int = opt(1, "Micro-batches per optimizer step.", ge=1)
+    lr: float = opt(1e-5, "Peak learning rate.", gt=0)
+    schedule: Literal["constant", "cosine", "linear"] = opt(
+        "constant", "After warm-up: constant (continual training), cosine or linear decay to min_lr_ratio.")
+    warmup_steps: int = opt(0, "Linear warm-up steps (a run started from a checkpoint warms up again).", ge=0)
+    min_lr_ratio: float = opt(0.1, "cosine/linear: final lr as a share of lr.", ge=0.0, le=1.0)
+    weight_decay: float = opt(0.0, "Decoupled weight decay.", ge=0.0)
+    betas: list[float] = opt([0.9, 0.999], "Adam betas.")
+    eps: float = opt(1e-8, "Adam epsilon.", gt=0)
+    max_grad_norm: Optional[float] = opt(1.0, "Clip the global gradient norm (layer-wise GaLore clips each "
+                                               "tensor, since no global norm exists before its updates); "
+                                               "null = no clipping.", gt=0)
+    precision: Literal["auto", "fp32", "bf16", "bf16-mixed"] = opt(
+        "auto", "auto = bf16 weights on GPU, fp32 on CPU; bf16-mixed = fp32 weights with bf16 autocast.")
+    shuffle: bool = opt(True, "Seeded shuffled order per epoch; false = the prepared (stream) order.")
+    activation_checkpointing: bool = opt(False, "Recompute activations in backward (less memory, ~30% slower).")
+    save_every: int = opt(500, "Checkpoint every N steps (and at the end); 0 = only at the end.", ge=0)
+    keep_last: int = opt(2, "Checkpoints to keep.", ge=1)
+    eval_every: int = opt(0, "Held-out loss every N steps (also at step 0 and the end); 0 = only start and end.",
+                          ge=0)
+    eval_samples: int = opt(256, "Held-out samples the eval hook uses.", ge=1)
+    max_bad_steps: int = opt(5, "Stop after this many non-finite steps in a row (a checkpoint of the last "
+                                "good state is written).", ge=1)
+
+    def validate(self, path: str) -> None:
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"{path}.betas", f"must be two numbers in [0, 1); got {self.betas}")
+
+
+@section
+class LoggingConfig:
+    tensorboard: bool = opt(True, "Write TensorBoard events to <output_dir>/tb.")
+    wandb: bool = opt(False, "Log to Weights & Biases (pip install convlearn[wandb]).")
+    wandb_project: str = opt("convlearn", "W&B project.")
+    wandb_mode: Literal["offline", "online"] = opt("offline", "offline works with no network; sync later.")
+    progress: bool = opt(True, "Progress bar (step, loss, tokens/s, ETA).")
+
+
 @section
 class RunConfig:
     model: ModelConfig = opt(ModelConfig(), "The model to train.")
     data: DataConfig = opt(DataConfig(), "Training data.")
     render: RenderConfig = opt(RenderConfig(), "How conversations become token ids and loss masks.")
+    method: MethodConfig = opt(MethodConfig(), "The training method and its settings.")
+    train: TrainConfig = opt(TrainConfig(), "The training loop.")
+    logging: LoggingConfig = opt(LoggingConfig(), "Where metrics go.")
     seed: int = opt(0, "Seed for data order and initialisation.", ge=0)
     output_dir: str = opt("runs/default", "Run directory: resolved config, metrics, evals, checkpoints.")
+
+    def validate(self, path: str) -> None:
+        if self.method.layerwise and self.method.name != "galore":
+            raise ConfigError("method.layerwise", f"is a GaLore option; method.name is {self.method.name}")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -1,0 +1,1 @@
+"""Evaluation: learning and forgetting figures, on the live model or a saved one."""

@@ -1,0 +1,79 @@
+"""Micro-batches from the prepared (Arrow) samples, in a seeded order, with a cursor that is part of the state.
+
+The order of a global micro-batch (batch_size x world_size samples) is the same for any number of processes;
+rank r takes its contiguous slice, so a 2-process run sees exactly the samples a 1-process run with twice the
+batch sees.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class BatchStream:
+    def __init__(self, dataset, batch_size: int, *, seed: int, shuffle: bool, mask: str, pad_id: int,
+                 rank: int = 0, world: int = 1):
+        if len(dataset) == 0:
+            raise ValueError("no training samples")
+        self.ds = dataset
+        self.n = len(dataset)
+        self.batch_size, self.seed, self.shuffle, self.mask = batch_size, seed, shuffle, mask
+        self.pad_id, self.rank, self.world = pad_id, rank, world
+        self.epoch, self.pos = 0, 0
+        self._order = self._order_for(0)
+
+    def _order_for(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self._order = self._order_for(self.epoch)
+
+    def _take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.pos >= self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._order_for(self.epoch)
+            step = min(k - len(out), self.n - self.pos)
+            out.extend(int(i) for i in self._order[self.pos:self.pos + step])
+            self.pos += step
+        return out
+
+    def next(self) -> dict:
+        """This rank's part of the next global micro-batch, padded on the right."""
+        idx = self._take(self.batch_size * self.world)
+        mine = idx[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        rows = self.ds[mine]
+        return collate(rows["input_ids"], rows[self.mask], self.pad_id, mine)
+
+
+def collate(ids: list, masks: list, pad_id: int, indices: list[int] | None = None) -> dict:
+    longest = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), longest), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(ids), longest), dtype=torch.long)
+    loss_mask = torch.zeros((len(ids), longest), dtype=torch.bool)
+    for i, (x, m) in enumerate(zip(ids, masks)):
+        input_ids[i, :len(x)] = torch.as_tensor(np.asarray(x, dtype=np.int64))
+        attention[i, :len(x)] = 1
+        loss_mask[i, :len(m)] = torch.as_tensor(np.asarray(m, dtype=bool))
+    return {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask,
+            "indices": indices or []}
+
+
+def token_losses(model, batch: dict, autocast=None) -> tuple[torch.Tensor, int]:
+    """(sum of next-token cross-entropy over the loss mask, number of those tokens)."""
+    device = next(model.parameters()).device
+    ids = batch["input_ids"].to(device)
+    ctx = autocast if autocast is not None else torch.autocast(device.type, enabled=False)
+    with ctx:
+        logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(device)).logits
+    target_mask = batch["loss_mask"].to(device)[:, 1:]
+    logits = logits[:, :-1][target_mask].float()
+    targets = ids[:, 1:][target_mask]
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum"), int(target_mask.sum())

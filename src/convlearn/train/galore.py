@@ -1,0 +1,204 @@
+"""GaLore: AdamW whose 2-D weights keep their moments in a low-rank projection of the gradient.
+
+Our own implementation, not galore_torch's, because the reference (1) keeps its projector as a Python object in
+the optimizer state, so checkpoints cannot be loaded with `torch.load(weights_only=True)` and HF Trainer cannot
+resume a GaLore run; (2) crashes or silently zeroes when an SVD fails; (3) only refreshes with a full SVD; and
+(4) offers no per-parameter update for layer-wise training with gradient accumulation. The update rule is the
+reference's (tests/test_galore.py checks parity with galore_torch.GaLoreAdamW across projector refreshes):
+
+    R = P^T G  (or G P^T)        project the gradient (P refreshed every update_proj_gap steps from G)
+    M, V <- Adam moments of R    bias-corrected step size lr * sqrt(1 - b2^t) / (1 - b1^t)
+    W <- W - step * scale * P (M / (sqrt(V) + eps))        then W <- W - lr * wd * W
+
+All optimizer state is tensors (moments, projector, step) plus plain numbers, so checkpoints load with
+`weights_only=True`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def projection_side(shape: torch.Size, proj_type: str) -> str:
+    """'left' (P is m x r, R = P^T G) or 'right' (P is r x n, R = G P^T), as the reference decides."""
+    m, n = shape
+    if proj_type == "std":
+        return "right" if m >= n else "left"
+    if proj_type == "reverse_std":
+        return "left" if m >= n else "right"
+    return proj_type
+
+
+def _orthonormal_random(rows: int, cols: int, generator: torch.Generator, device, dtype) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(rows, cols, generator=generator, device=generator.device).to(device, dtype))
+    return q
+
+
+def _randomized_svd(mat: torch.Tensor, rank: int, oversample: int, iters: int, generator: torch.Generator):
+    """Halko et al. range finder + SVD of the small matrix; the random test matrix comes from our generator
+    (torch.svd_lowrank would draw from the global RNG and break exact resume)."""
+    m, n = mat.shape
+    k = min(rank + oversample, m, n)
+    omega = torch.randn(n, k, generator=generator, device=generator.device).to(mat.device, mat.dtype)
+    q, _ = torch.linalg.qr(mat @ omega)
+    for _ in range(iters):
+        q, _ = torch.linalg.qr(mat.T @ q)
+        q, _ = torch.linalg.qr(mat @ q)
+    ub, s, vh = torch.linalg.svd(q.T @ mat, full_matrices=False)
+    return q @ ub, s, vh
+
+
+def compute_projector(grad: torch.Tensor, rank: int, side: str, method: str, generator: torch.Generator,
+                      oversample: int = 8, iters: int = 2) -> torch.Tensor:
+    """The projector for one gradient: left m x r (top left singular vectors) or right r x n."""
+    mat = grad if grad.dtype == torch.float32 else grad.float()
+    m, n = mat.shape
+    if method == "random":
+        p = _orthonormal_random(m if side == "left" else n, min(rank, m, n), generator, mat.device, mat.dtype)
+        out = p if side == "left" else p.T
+    elif method == "randomized":
+        u, _, vh = _randomized_svd(mat, rank, oversample, iters, generator)
+        out = u[:, :rank] if side == "left" else vh[:rank, :]
+    else:
+        u, _, vh = torch.linalg.svd(mat, full_matrices=False)
+        out = u[:, :rank] if side == "left" else vh[:rank, :]
+    return out.to(grad.dtype).contiguous()  # a slice of U would keep all of U alive
+
+
+class GaLoreAdamW(torch.optim.Optimizer):
+    """AdamW with GaLore projection for parameter groups that set `galore=True`."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 *, rank: int = 128, update_proj_gap: int = 200, scale: float = 0.25, proj_type: str = "std",
+                 refresh: str = "svd", oversample: int = 8, iters: int = 2, seed: int = 0):
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, galore=False, rank=rank,
+                        update_proj_gap=update_proj_gap, scale=scale, proj_type=proj_type)
+        super().__init__(params, defaults)
+        self.refresh_method, self.oversample, self.iters = refresh, oversample, iters
+        device = next((p.device for g in self.param_groups for p in g["params"]), torch.device("cpu"))
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        self.stats = {"refreshes": 0, "refresh_fallbacks": 0, "refresh_seconds": 0.0}
+
+    # -- projection -------------------------------------------------------------------------------------
+    def group_of(self, p: torch.Tensor) -> dict:
+        for group in self.param_groups:
+            if any(q is p for q in group["params"]):
+                return group
+        raise KeyError("parameter is not in this optimizer")
+
+    def refresh_due(self, p: torch.Tensor, group: dict) -> bool:
+        state = self.state[p]
+        return group["galore"] and ("projector" not in state or
+                                    int(state["step"]) % group["update_proj_gap"] == 0)
+
+    def _refresh(self, p: torch.Tensor, group: dict, grad: torch.Tensor) -> None:
+        """New projector from the full gradient; on failure keep the old one (or use a random one)."""
+        state = self.state[p]
+        side = projection_side(p.shape, group["proj_type"])
+        started = time.perf_counter()
+        method = self.refresh_method
+        new = None
+        if torch.isfinite(grad).all():
+            try:
+                new = compute_projector(grad, group["rank"], side, method, self.generator, self.oversample,
+                                        self.iters)
+                if not torch.isfinite(new).all():
+                    new = None
+            except (RuntimeError, torch.linalg.LinAlgError) as e:  # SVD did not converge
+                log.warning("GaLore projector refresh (%s) failed for a %s weight: %s", method, tuple(p.shape), e)
+        if new is None:
+            self.stats["refresh_fallbacks"] += 1
+            if "projector" in state:
+                log.warning("GaLore: keeping the previous projector for a %s weight", tuple(p.shape))
+            else:
+                log.warning("GaLore: random projector for a %s weight (no usable gradient yet)", tuple(p.shape))
+                new = compute_projector(grad.nan_to_num(0.0, 0.0, 0.0), group["rank"], side, "random",
+                                        self.generator)
+        if new is not None:
+            state["projector"] = new
+        self.stats["refreshes"] += 1
+        self.stats["refresh_seconds"] += time.perf_counter() - started
+
+    def project(self, p: torch.Tensor, grad: torch.Tensor, group: dict | None = None) -> torch.Tensor:
+        """The low-rank gradient of a GaLore weight (refreshing its projector first when due)."""
+        group = group or self.group_of(p)
+        state = self.state[p]
+        if "step" not in state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+        if self.refresh_due(p, group):
+            self._refresh(p, group, grad)
+        proj = state["projector"]
+        return proj.T @ grad if projection_side(p.shape, group["proj_type"]) == "left" else grad @ proj.T
+
+    def project_back(self, p: torch.Tensor, low: torch.Tensor, group: dict) -> torch.Tensor:
+        proj = self.state[p]["projector"]
+        full = proj @ low if projection_side(p.shape, group["proj_type"]) == "left" else low @ proj
+        return full.mul_(group["scale"])
+
+    # -- the update -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def update(self, p: torch.Tensor, grad: torch.Tensor | None = None, low: torch.Tensor | None = None,
+               group: dict | None = None) -> None:
+        """One AdamW(+GaLore) update of one parameter, from its full gradient or an already projected one."""
+        group = group or self.group_of(p)
+        state = self.state[p]
+        if "step" not in state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+        if group["galore"] and low is None:
+            low = self.project(p, grad, group)
+        g = low if group["galore"] else grad
+        if "exp_avg" not in state:
+            state["exp_avg"] = torch.zeros_like(g)
+            state["exp_avg_sq"] = torch.zeros_like(g)
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        beta1, beta2 = group["betas"]
+        state["step"] += 1
+        step = int(state["step"])
+        exp_avg.mul_(beta1).add_(g, alpha=1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        step_size = group["lr"] * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+        norm_grad = exp_avg / exp_avg_sq.sqrt().add_(group["eps"])
+        if group["galore"]:
+            norm_grad = self.project_back(p, norm_grad, group)
+        p.add_(norm_grad, alpha=-step_size)
+        if group["weight_decay"] > 0.0:
+            p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.update(p, p.grad, group=group)
+        return loss
+
+    # -- checkpoints: tensors and plain numbers only ----------------------------------------------------
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["galore"] = {"rng": self.generator.get_state(), "stats": dict(self.stats)}
+        return sd
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("galore", None)
+        super().load_state_dict(state_dict)
+        if extra is not None:
+            self.generator.set_state(extra["rng"])
+            self.stats.update(extra["stats"])
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Exact bytes held in an optimizer's state tensors (moments, projectors, accumulators)."""
+    total = 0
+    for state in optimizer.state.values():
+        for v in state.values():
+            if torch.is_tensor(v):
+                total += v.numel() * v.element_size()
+    return total

@@ -1,0 +1,94 @@
+"""Run telemetry: metrics.jsonl (one object per optimizer step), TensorBoard, Weights & Biases, memory figures."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+class Telemetry:
+    def __init__(self, out: Path, cfg, enabled: bool = True, resume_step: int | None = None):
+        self.out = Path(out)
+        self.enabled = enabled
+        self.tb = self.wandb = None
+        if not enabled:
+            return
+        self.metrics_path = self.out / "metrics.jsonl"
+        if resume_step is not None:
+            self._truncate(resume_step)
+        elif self.metrics_path.exists():
+            self.metrics_path.unlink()
+        if cfg.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(self.out / "tb"), purge_step=resume_step)
+        if cfg.logging.wandb:
+            try:
+                import wandb
+            except ImportError:
+                from ..errors import UserError
+                raise UserError("logging.wandb needs the wandb package: pip install 'convlearn[wandb]'") from None
+            self.wandb = wandb.init(project=cfg.logging.wandb_project, mode=cfg.logging.wandb_mode,
+                                    dir=str(self.out), name=self.out.name, resume="allow",
+                                    config=json.loads(json.dumps(_plain(cfg), default=str)))
+
+    def _truncate(self, step: int) -> None:
+        """On resume, drop the lines of steps after the checkpoint: they are about to be run again."""
+        if not self.metrics_path.exists():
+            return
+        keep = [line for line in self.metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        self.metrics_path.write_text("".join(line + "\n" for line in keep))
+
+    def log_step(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        self._scalars("train", record)
+
+    def log_eval(self, step: int, figures: dict) -> None:
+        if self.enabled:
+            self._scalars("eval", {"step": step, **figures})
+
+    def _scalars(self, prefix: str, record: dict) -> None:
+        step = record["step"]
+        scalars = {f"{prefix}/{k}": v for k, v in _flatten(record).items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and math.isfinite(v)}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "/"))
+        else:
+            out[key] = v
+    return out
+
+
+def _plain(cfg):
+    from dataclasses import asdict
+    return asdict(cfg)
+
+
+def cuda_peak_bytes() -> int | None:
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
