@@ -223,3 +223,14 @@ def test_ddp_two_processes_match_one_process(base):
     one = [r["loss"] for r in metrics(root / "ddp-single")]
     two = [r["loss"] for r in metrics(root / "ddp-two")]
     assert two == pytest.approx(one, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["adamw", "lora", "galore", "galore-layerwise"])
+def test_shipped_tiny_configs_run(base, tiny_models, name):
+    from pathlib import Path
+    root, _ = base
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "tiny" / f"{name}.yaml"
+    res = train(shipped, root / f"shipped-{name}", f"model.name={tiny_models['qwen2']}",
+                f"data.cache_dir={root / 'cache'}", "logging.progress=false", "--max-steps=3")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["steps"] == 3

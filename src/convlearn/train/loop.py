@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -152,7 +153,9 @@ class Trainer:
             lw.low.clear()
         opt.zero_grad(set_to_none=True)
         lr = opt.param_groups[0]["lr"]
-        self.scheduler.step()
+        with warnings.catch_warnings():  # layer-wise and skipped steps update without optimizer.step()
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()
         st = self.state
         st["step"] += 1
         st["tokens"] += int(input_tokens)
@@ -199,7 +202,7 @@ class Trainer:
         self.model.train()
         if self.state["step"] == 0:
             self._eval()
-        bar = tqdm(total=self.max_steps, initial=self.state["step"], unit="step", dynamic_ncols=True,
+        bar = tqdm(total=self.max_steps, initial=self.state["step"], unit="step", dynamic_ncols=True, mininterval=1.0,
                    disable=not (self.dist.main and self.cfg.logging.progress))
         records = []
         try:

@@ -1,0 +1,114 @@
+"""Side-by-side cost of the training methods on a ~34 M-parameter Qwen2-shaped model (random weights, fp32, CPU).
+
+    python benchmarks/train_methods.py [--rounds 2] [--steps 6] [--batch 4] [--seq 256]
+
+Each method runs in its own subprocess (so peak RSS is its own), in interleaved rounds (A B C D E, A B C D E),
+through the same build_method + forward/backward/clip/step the training loop uses. Printed per method: median
+step time and its ratio to adamw, tokens/s, and the counted bytes of trainable weights, gradients held at
+peak and optimizer state (projectors included), with ratios to adamw, plus the measured peak RSS growth.
+The first GaLore step (projector SVD) is reported separately from the median.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+METHODS = {
+    "adamw": ["method.name=adamw"],
+    "lora r=64": ["method.name=lora", "method.lora_rank=64", "method.lora_alpha=128"],
+    "galore r=256": ["method.name=galore", "method.rank=256"],
+    "galore r=128": ["method.name=galore", "method.rank=128"],
+    "galore r=128 layer-wise": ["method.name=galore", "method.rank=128", "method.layerwise=true"],
+}
+SHAPE = dict(hidden_size=512, intermediate_size=2816, num_hidden_layers=6, num_attention_heads=8,
+             num_key_value_heads=2, vocab_size=8192, max_position_embeddings=1024, tie_word_embeddings=True)
+
+
+def worker(name: str, steps: int, batch: int, seq: int) -> dict:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from convlearn.config import load_config
+    from convlearn.models import FAMILIES, ModelSpec
+    from convlearn.train.batches import token_losses
+    from convlearn.train.galore import state_bytes
+    from convlearn.train.methods import build_method
+    from convlearn.train.telemetry import tensor_bytes
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**SHAPE))
+    rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cfg = load_config(None, METHODS[name] + ["train.lr=1e-4"])
+    method = build_method(model, cfg, ModelSpec("bench", FAMILIES["qwen2"]), "cpu")
+    g = torch.Generator().manual_seed(1)
+    times, grad_peak = [], 0
+    for _ in range(steps + 1):
+        ids = torch.randint(0, SHAPE["vocab_size"], (batch, seq), generator=g)
+        b = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "loss_mask": torch.ones_like(ids).bool()}
+        t0 = time.perf_counter()
+        if method.layerwise is not None:
+            method.layerwise.begin_step(1)
+        s, n = token_losses(method.model, b)
+        (s / n).backward()
+        if method.layerwise is None:
+            grad_peak = max(grad_peak, tensor_bytes(p.grad for p in method.trainable))
+            torch.nn.utils.clip_grad_norm_(method.trainable, 1.0)
+            method.optimizer.step()
+        else:
+            grad_peak = max(grad_peak, method.layerwise.grad_bytes_peak)
+        method.optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    return {"first_step_s": times[0], "step_s": statistics.median(times[1:]),
+            "tokens_per_s": batch * seq / statistics.median(times[1:]),
+            "params": sum(p.numel() for p in model.parameters()),
+            "trainable_bytes": tensor_bytes(method.trainable), "grad_peak_bytes": grad_peak,
+            "optimizer_state_bytes": state_bytes(method.optimizer),
+            "rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_model) / 1024}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worker")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=256)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.steps, args.batch, args.seq)))
+        return
+    results: dict[str, list[dict]] = {m: [] for m in METHODS}
+    for r in range(args.rounds):
+        for m in METHODS:
+            out = subprocess.run([sys.executable, __file__, "--worker", m, "--steps", str(args.steps),
+                                  "--batch", str(args.batch), "--seq", str(args.seq)],
+                                 capture_output=True, text=True, check=True)
+            results[m].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"round {r + 1}: {m}: {results[m][-1]['step_s']:.3f} s/step", file=sys.stderr, flush=True)
+    med = {m: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for m, rs in results.items()}
+    base = med["adamw"]
+    print(f"Qwen2-shaped model, {base['params'] / 1e6:.1f} M parameters, fp32, batch {args.batch} x {args.seq} "
+          f"tokens, {args.rounds} interleaved rounds x {args.steps} timed steps (medians)\n")
+    print("| method | s/step | speed vs adamw | tokens/s | first step s | optimizer state MB | vs adamw "
+          "| gradients at peak MB | vs adamw | weights+grads+state vs adamw | peak RSS growth MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    weights = base["params"] * 4  # every method holds the full weights (LoRA's frozen, plus its adapters)
+
+    def total(r: dict) -> float:
+        return weights + r["trainable_bytes"] * (r is not base and r["trainable_bytes"] < weights) + \
+            r["grad_peak_bytes"] + r["optimizer_state_bytes"]
+    for m, r in med.items():
+        print(f"| {m} | {r['step_s']:.3f} | {base['step_s'] / r['step_s']:.2f} | {r['tokens_per_s']:,.0f} | "
+              f"{r['first_step_s']:.2f} | {r['optimizer_state_bytes'] / 2**20:.1f} | "
+              f"{r['optimizer_state_bytes'] / base['optimizer_state_bytes']:.2f} | "
+              f"{r['grad_peak_bytes'] / 2**20:.1f} | {r['grad_peak_bytes'] / base['grad_peak_bytes']:.2f} | "
+              f"{total(r) / total(base):.2f} | {r['rss_growth_mb']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
