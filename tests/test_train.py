@@ -30,7 +30,11 @@ data:
   cache_dir: "{root / 'cache'}"
 render: {{max_seq_len: 96}}
 method: {{name: galore, rank: 16, update_proj_gap: 4}}
-train: {{max_steps: 16, batch_size: 4, lr: 0.003, save_every: 4, eval_every: 8, eval_samples: 32}}
+train: {{max_steps: 16, batch_size: 4, lr: 0.003, save_every: 4}}
+eval:
+  schedule: [{{step: 0, suite: quick}}, {{step: 8, suite: quick}}]
+  final_suite: quick
+  heldout_samples: 32
 logging: {{progress: false}}
 """)
     return root, cfg
@@ -67,8 +71,9 @@ def test_every_method_learns_from_the_same_start(runs):
     for name, out in runs.items():
         m = metrics(out)
         assert [r["step"] for r in m] == list(range(1, 17))
-        start = json.loads((out / "evals" / "step-0.json").read_text())["heldout"]["all"]
-        end = json.loads((out / "evals" / "step-16.json").read_text())["heldout"]["all"]
+        start = json.loads((out / "evals" / "step-0.json").read_text())["evaluations"]["conversation_ppl"]["all"]
+        end = json.loads((out / "evals" / "step-16.json").read_text())["evaluations"]["conversation_ppl"]["all"]
+        assert sorted(p.name for p in (out / "evals").iterdir()) == ["step-0.json", "step-16.json", "step-8.json"]
         # LoRA trains no embeddings: on a random-init twin it gains less in 16 steps
         assert end["loss"] < start["loss"] - (0.3 if name == "lora" else 0.5), (name, start["loss"], end["loss"])
         assert start["tokens"] == end["tokens"] > 0 and end["bits_per_byte"] > 0
@@ -130,7 +135,7 @@ def _losses_and_norms(out):
 def test_layerwise_with_accumulation_equals_plain_galore(base, accumulation):
     root, cfg = base
     common = ["train.grad_accum=3", "train.batch_size=2", "train.max_steps=9", "train.max_grad_norm=null",
-              "train.save_every=0", "train.eval_every=0", "method.update_proj_gap=4"]
+              "train.save_every=0", "eval.schedule=[]", "eval.final_suite=null", "method.update_proj_gap=4"]
     plain = train(cfg, root / f"plain-accum-{accumulation}", *common)
     lw = train(cfg, root / f"lw-accum-{accumulation}", *common, "method.layerwise=true",
                f"method.layerwise_accumulation={accumulation}")
@@ -210,7 +215,8 @@ def test_lora_saves_adapters_and_merged_weights(base, runs):
 
 def test_ddp_two_processes_match_one_process(base):
     root, cfg = base
-    common = ["method.name=adamw", "train.max_steps=4", "train.save_every=0", "train.eval_every=0",
+    common = ["method.name=adamw", "train.max_steps=4", "train.save_every=0", "eval.schedule=[]",
+              "eval.final_suite=null",
               "train.max_grad_norm=null"]
     single = train(cfg, root / "ddp-single", *common, "train.batch_size=4")
     assert single.returncode == 0, single.stderr[-2000:]

@@ -59,6 +59,19 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_eval(args) -> int:
+    from .experiments.evaluate import evaluate
+    print(json.dumps(evaluate(args.target, args.suite, args.step, args.config, args.set, args.out), indent=2))
+    return 0
+
+
+def _cmd_probes(args) -> int:
+    from .data.probes import write_probes
+    probes, conversations = write_probes(args.out, args.n, args.seed, args.mentions)
+    print(f"{args.n} probes in {probes}; their training conversations (LMSYS schema) in {conversations}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .experiments.demo import run_demo
     run_demo(args.out)
@@ -82,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     train.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("eval", help="run an evaluation suite on a run's checkpoint or on any model")
+    ev.add_argument("target", help="run directory (its config.yaml and checkpoints) or model id / folder")
+    ev.add_argument("--suite", default="full", help="suite name from eval.suites (default full)")
+    ev.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    ev.add_argument("--config", default=None, help="run config (default: the run's, or defaults for a model)")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ev.add_argument("--out", default=None, help="where evals/ go (default: the run directory)")
+    ev.set_defaults(func=_cmd_eval)
 
     tiny = sub.add_parser("tiny-model", help="build a tiny offline twin of a seed architecture")
     tiny.add_argument("--arch", required=True, choices=ARCHS)
@@ -110,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     prep.add_argument("--quiet", action="store_true", help="no progress bar")
     prep.set_defaults(func=_cmd_data_prepare)
+    probes = dsub.add_parser("probes", help="write knowledge probes and the conversations that teach them")
+    probes.add_argument("--out", required=True)
+    probes.add_argument("--n", type=int, default=20, help="number of invented facts")
+    probes.add_argument("--mentions", type=int, default=4, help="training conversations per fact")
+    probes.add_argument("--seed", type=int, default=0)
+    probes.set_defaults(func=_cmd_probes)
     return p
 
 

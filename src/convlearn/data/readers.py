@@ -48,6 +48,9 @@ def read_rows(path: str, split: str = "train", subset: str | None = None, limit:
 
 
 def _rows(path: str, split: str, subset: str | None) -> Iterator[Row]:
+    if path == "python-docstrings":  # the "original distribution" text every machine has
+        from .builtin import stdlib_docstrings
+        return iter(stdlib_docstrings())
     if is_chatterbot_path(path):
         return _chatterbot_rows(chatterbot_dir() if path == "chatterbot" else Path(path))
     p = Path(path)

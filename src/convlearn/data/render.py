@@ -121,6 +121,15 @@ class ChatRenderer:
             msgs[0] = {"role": "user", "content": f"{system}\n\n{msgs[0]['content']}"}
         return msgs
 
+    def messages_from(self, raw: list[dict]) -> list[dict]:
+        """Template messages for plain {role, content} dicts (system prompt and folding as for records)."""
+        from .records import Conversation, Message
+        return self.messages(Conversation("", "", [Message(m["role"], m["content"]) for m in raw]))
+
+    def generation_prompt(self, msgs: list[dict]) -> str:
+        """The rendered prompt a model continues to answer `msgs`."""
+        return self._apply(msgs, True)
+
     def render_text(self, msgs: list[dict], add_generation_prompt: bool = False) -> Rendered:
         ph = [{"role": m["role"], "content": f"\ue000{i}\ue001"} for i, m in enumerate(msgs)]
         out = self._render(ph, add_generation_prompt)
@@ -234,7 +243,7 @@ class ChatRenderer:
         for i, m in enumerate(msgs):
             if m["role"] == "assistant" and i > 0:
                 pairs.append({"conversation_id": conv.id, "turn": i, "domain": conv.domain or conv.source,
-                              "prompt": self._apply(msgs[:i], True), "reference": m["content"]})
+                              "prompt": self.generation_prompt(msgs[:i]), "reference": m["content"]})
         return pairs
 
 

@@ -15,8 +15,8 @@ from .sources import adapt, count_placeholders, detect_format
 
 def source_name(path: str) -> str:
     """A short name for a source: `chatterbot`, a file's stem, or the dataset id."""
-    if path == "chatterbot":
-        return "chatterbot"
+    if path in ("chatterbot", "python-docstrings"):
+        return path
     p = Path(path)
     if p.exists():
         name = p.name

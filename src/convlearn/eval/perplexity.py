@@ -1,4 +1,10 @@
-"""Perplexity over prepared samples: per token and as bits per byte, over all tokens and assistant tokens."""
+"""Perplexity over prepared samples: per token and as bits per byte, over all tokens and assistant tokens,
+overall and grouped by domain / language / source / a user's domain map.
+
+One forward pass per batch serves both masks and every grouping. Samples are batched by length (less
+padding), from the already tokenized Arrow cache (no re-tokenizing). Bytes are those of the predicted
+tokens' text, so bits per byte = nats / ln 2 / bytes compares models with different tokenizers.
+"""
 from __future__ import annotations
 
 import math
@@ -8,47 +14,63 @@ import torch
 
 from ..train.batches import collate
 
+FIELDS = ("nats_all", "tokens_all", "bytes_all", "nats_assistant", "tokens_assistant", "bytes_assistant")
+
 
 @torch.no_grad()
-def sample_losses(model, dataset, pad_id: int, batch_size: int = 8, limit: int | None = None) -> dict:
-    """Summed next-token loss (nats), token and byte counts under both masks, over the first `limit` samples.
-
-    One forward pass per batch serves both masks. Bytes are those of the predicted tokens' text, so
-    bits per byte = nats / ln 2 / bytes compares across tokenizers.
-    """
+def sample_losses(model, dataset, pad_id: int, batch_size: int = 8, limit: int | None = None,
+                  mask_column: str = "token_mask") -> dict[str, np.ndarray]:
+    """Per sample: summed next-token loss (nats), token and byte counts under `mask_column` (`_all`) and the
+    assistant mask (`_assistant`), for the first `limit` samples."""
     device = next(model.parameters()).device
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    totals = {k: 0.0 for k in ("nats_all", "tokens_all", "bytes_all", "nats_assistant", "tokens_assistant",
-                               "bytes_assistant")}
+    rows = dataset.select(range(n)) if n < len(dataset) else dataset
+    lengths = np.array([len(x) for x in rows["input_ids"]])
+    order = np.argsort(-lengths, kind="stable")
+    out = {k: np.zeros(n, dtype=np.float64) for k in FIELDS}
+    has_assistant = "assistant_mask" in rows.column_names
     for start in range(0, n, batch_size):
-        rows = dataset[start:min(n, start + batch_size)]
-        batch = collate(rows["input_ids"], rows["token_mask"], pad_id)
-        assistant = collate(rows["input_ids"], rows["assistant_mask"], pad_id)["loss_mask"]
+        idx = order[start:start + batch_size].tolist()
+        batch_rows = rows[idx]
+        batch = collate(batch_rows["input_ids"], batch_rows[mask_column], pad_id)
         ids = batch["input_ids"].to(device)
         logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(device)).logits[:, :-1].float()
         nats = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").cpu()
-        byte_counts = _padded_ints(rows["token_bytes"], ids.shape[1])[:, 1:]
-        for name, mask in (("all", batch["loss_mask"][:, 1:]), ("assistant", assistant[:, 1:])):
-            totals[f"nats_{name}"] += float(nats[mask].double().sum())
-            totals[f"tokens_{name}"] += int(mask.sum())
-            totals[f"bytes_{name}"] += int(byte_counts[mask].sum())
-    return {"samples": n, **totals}
+        nbytes = _padded(batch_rows["token_bytes"], ids.shape[1])[:, 1:]
+        masks = {"all": batch["loss_mask"][:, 1:]}
+        if has_assistant:
+            masks["assistant"] = collate(batch_rows["input_ids"], batch_rows["assistant_mask"],
+                                         pad_id)["loss_mask"][:, 1:]
+        for name, mask in masks.items():
+            m = mask.double()
+            out[f"nats_{name}"][idx] = (nats.double() * m).sum(1).numpy()
+            out[f"tokens_{name}"][idx] = m.sum(1).numpy()
+            out[f"bytes_{name}"][idx] = (nbytes.double() * m).sum(1).numpy()
+    return out
 
 
-def _padded_ints(lists, width: int) -> torch.Tensor:
+def _padded(lists, width: int) -> torch.Tensor:
     out = torch.zeros((len(lists), width), dtype=torch.long)
     for i, x in enumerate(lists):
         out[i, :len(x)] = torch.as_tensor(np.asarray(x, dtype=np.int64))
     return out
 
 
-def perplexity_figures(sums: dict) -> dict:
-    """loss (nats/token), ppl, bits per byte and the counts they rest on, for both masks."""
-    out = {"samples": sums["samples"]}
+def figures(per_sample: dict[str, np.ndarray], select: np.ndarray | None = None) -> dict:
+    """loss (nats/token), perplexity, bits per byte and the counts they rest on, for both masks."""
+    out = {"samples": int(len(per_sample["nats_all"]) if select is None else select.sum())}
     for name in ("all", "assistant"):
-        tokens, nats, nbytes = sums[f"tokens_{name}"], sums[f"nats_{name}"], sums[f"bytes_{name}"]
-        loss = nats / tokens if tokens else float("nan")
+        vals = {k: float((per_sample[f"{k}_{name}"] if select is None else per_sample[f"{k}_{name}"][select]).sum())
+                for k in ("nats", "tokens", "bytes")}
+        tokens = vals["tokens"]
+        loss = vals["nats"] / tokens if tokens else float("nan")
         out[name] = {"loss": loss, "ppl": math.exp(loss) if tokens else float("nan"),
-                     "bits_per_byte": nats / math.log(2) / nbytes if nbytes else float("nan"),
-                     "tokens": int(tokens), "bytes": int(nbytes)}
+                     "bits_per_byte": vals["nats"] / math.log(2) / vals["bytes"] if vals["bytes"] else float("nan"),
+                     "tokens": int(tokens), "bytes": int(vals["bytes"])}
     return out
+
+
+def grouped_figures(per_sample: dict[str, np.ndarray], labels: list[str]) -> dict[str, dict]:
+    """The same figures per label (domain, language, ...); the groups' token counts add up to the total."""
+    arr = np.asarray(labels)
+    return {str(label): figures(per_sample, arr == label) for label in sorted(set(labels))}

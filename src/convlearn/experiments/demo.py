@@ -18,7 +18,8 @@ def demo_config(out: Path, model_dir: Path):
         f"data.cache_dir={out / 'cache'}", "render.max_seq_len=256", f"output_dir={out / 'galore'}",
         "method.name=galore", "method.rank=32", "method.update_proj_gap=50", "method.layerwise=true",
         "train.max_steps=150", "train.batch_size=8", "train.lr=0.003", "train.warmup_steps=10",
-        "train.save_every=0", "train.eval_every=50"])
+        "train.save_every=0", "eval.schedule=[{step: 0, suite: quick}, {step: 50, suite: quick}, "
+        "{step: 100, suite: quick}]", "eval.final_suite=quick", "eval.suites.quick=[conversation_ppl]"])
 
 
 def run_demo(out: str | Path) -> None:
@@ -62,7 +63,7 @@ def run_demo(out: str | Path) -> None:
     print("  step | held-out loss | perplexity | bits/byte")
     for path in evals:
         e = json.loads(path.read_text())
-        a = e["heldout"]["all"]
+        a = e["evaluations"]["conversation_ppl"]["all"]
         print(f"  {e['step']:>4} | {a['loss']:13.3f} | {a['ppl']:10.1f} | {a['bits_per_byte']:.3f}")
     print(f"  {summary['steps']} steps, {summary['tokens']:,} tokens, {summary['mean_tokens_per_s']:,.0f} tokens/s, "
           f"optimizer state {summary['peak_memory']['optimizer_state_bytes'] / 2**20:.1f} MiB")

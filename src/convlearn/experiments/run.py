@@ -1,38 +1,32 @@
-"""`convlearn train`: the training loop with the evaluation hook plugged in."""
+"""`convlearn train`: the training loop with the evaluation suites plugged in at the scheduled steps."""
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
-from ..eval.perplexity import perplexity_figures, sample_losses
+from ..eval.forgetting import write_analysis
+from ..eval.suites import RunEvaluator, headline, schedule_for
 
 
-def heldout_evaluator(trainer):
-    """Held-out loss / perplexity / bits per byte at the scheduled steps -> evals/step-N.json."""
-    heldout = trainer.prepared.dataset("heldout")
-    pad = trainer.stream.pad_id
-    limit = trainer.cfg.train.eval_samples
+class EvalHook:
+    """The loop's evaluator: runs the scheduled suite on the live model, returns its headline scalars."""
 
-    def evaluate(model, step: int) -> dict:
-        started = time.perf_counter()
-        figures = {"heldout": perplexity_figures(sample_losses(model, heldout, pad, trainer.cfg.train.batch_size,
-                                                               limit))} if len(heldout) else {}
-        record = {"step": step, "suite": "heldout_loss", **figures,
-                  "seconds": round(time.perf_counter() - started, 3)}
-        evals = trainer.out / "evals"
-        evals.mkdir(parents=True, exist_ok=True)
-        (evals / f"step-{step}.json").write_text(json.dumps(record, indent=2))
-        return {k: v for k, v in figures.get("heldout", {}).items() if k != "samples"}
+    def __init__(self, trainer):
+        cfg = trainer.cfg
+        self.evaluator = RunEvaluator(cfg, trainer.tokenizer, trainer.spec, trainer.prepared, trainer.out)
+        self.schedule = schedule_for(cfg.eval, trainer.max_steps)
 
-    return evaluate
+    def __call__(self, model, step: int) -> dict:
+        return headline(self.evaluator.run(model, step, self.schedule[step]))
 
 
 def run_training(cfg, out: str | Path | None = None, max_steps: int | None = None, resume: bool = False) -> dict:
     from ..train.loop import Trainer
     trainer = Trainer(cfg, Path(out or cfg.output_dir), max_steps=max_steps, resume=resume,
-                      evaluator_factory=heldout_evaluator)
+                      evaluator_factory=EvalHook)
     try:
-        return trainer.run()
+        summary = trainer.run()
+        if trainer.dist.main:
+            summary["forgetting"] = write_analysis(trainer.out, cfg.eval).get("flags", {})
+        return summary
     finally:
         trainer.dist.close()

@@ -20,6 +20,7 @@ from .galore import state_bytes
 from .methods import Method, build_method
 from .telemetry import Telemetry, cuda_peak_bytes, tensor_bytes
 
+# An evaluator is called as evaluator(model, step) -> scalars at the steps in evaluator.schedule ({step: suite}).
 Evaluator = Callable[[torch.nn.Module, int], dict]
 
 
@@ -186,8 +187,11 @@ class Trainer:
         self.last_saved = self.state["step"]
         self.dist.barrier()
 
+    def _eval_due(self) -> bool:
+        return self.evaluate is not None and self.state["step"] in self.evaluate.schedule
+
     def _eval(self) -> None:
-        if self.evaluate is not None:
+        if self._eval_due():
             self.model.eval()
             with torch.no_grad():
                 figures = self.evaluate(self.method.model, self.state["step"])
@@ -220,7 +224,7 @@ class Trainer:
                                      f"{self.out / 'checkpoints'}. Lower train.lr or check the data.")
                 if t.save_every and step % t.save_every == 0 and step < self.max_steps:
                     self._save()
-                if t.eval_every and step % t.eval_every == 0 and step < self.max_steps:
+                if step < self.max_steps:
                     self._eval()
             if self.last_saved != self.state["step"]:
                 self._save()

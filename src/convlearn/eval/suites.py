@@ -1,0 +1,182 @@
+"""Named evaluation suites on one model, at scheduled steps, each writing `evals/step-N.json`.
+
+The same `RunEvaluator` serves the training loop's hook (the live model) and `convlearn eval` (a checkpoint or
+hub model): every figure is computed by the same code either way.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..data.prepare import renderer_for
+from ..data.records import DataStats, Document
+from ..data.stream import read_source
+from ..errors import UserError
+from .perplexity import figures, grouped_figures, sample_losses
+
+
+def schedule_for(eval_cfg, max_steps: int) -> dict[int, str]:
+    """step -> suite: the configured schedule within the run, plus the final suite at the last step."""
+    plan = {e.step: e.suite for e in eval_cfg.schedule if e.step <= max_steps}
+    if eval_cfg.final_suite is not None and max_steps not in plan:
+        plan[max_steps] = eval_cfg.final_suite
+    return plan
+
+
+def _domain_map(path: str) -> dict[str, str]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"eval.domain_map: no such file {p}")
+    if p.suffix == ".json":
+        return {str(k): str(v) for k, v in json.loads(p.read_text()).items()}
+    with open(p, newline="", encoding="utf-8") as fh:
+        return {row["conversation_id"]: row["domain"] for row in csv.DictReader(fh)}
+
+
+class RunEvaluator:
+    def __init__(self, cfg, tokenizer, spec, prepared, out_dir: Path):
+        self.cfg, self.ecfg, self.tok = cfg, cfg.eval, tokenizer
+        self.out = Path(out_dir)
+        self.evals_dir = self.out / "evals"
+        self.renderer = renderer_for(cfg, tokenizer, spec)
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        heldout = prepared.dataset("heldout")
+        n = len(heldout) if self.ecfg.heldout_samples is None else min(self.ecfg.heldout_samples, len(heldout))
+        self.heldout = heldout.select(range(n)) if n < len(heldout) else heldout
+        self._prepared = prepared
+        self._pairs: list[dict] | None = None
+        self._original = None
+        self._benchmarks = None
+        self.domain_map = _domain_map(self.ecfg.domain_map) if self.ecfg.domain_map else None
+        self._check_offline()
+
+    def _check_offline(self) -> None:
+        from huggingface_hub import constants
+        if not constants.HF_HUB_OFFLINE:
+            return
+        suites = {e.suite for e in self.ecfg.schedule} | {self.ecfg.final_suite} - {None}
+        used = {item for name in suites for item in self.ecfg.suites[name]}
+        original = self.ecfg.original
+        if "original_ppl" in used and original is not None and not Path(original.path).exists() \
+                and original.path not in ("chatterbot", "python-docstrings"):
+            raise UserError(f"eval.original.path: the hub is offline and {original.path!r} is not a local file "
+                            "(use a local C4/RedPajama-style file or `python-docstrings`)")
+        if "benchmarks" in used:
+            for i, b in enumerate(self.ecfg.benchmarks):
+                if not b.data_dir:
+                    raise UserError(f"eval.benchmarks[{i}].data_dir: the hub is offline, so {b.name} needs a "
+                                    "local copy of its data (or drop `benchmarks` from eval.suites)")
+
+    # -- lazily built inputs ----------------------------------------------------------------------------
+    def pairs(self) -> list[dict]:
+        if self._pairs is None:
+            self._pairs = []
+            for conv in self._prepared.heldout_conversations():
+                self._pairs.extend(self.renderer.prompt_response_pairs(conv))
+                if len(self._pairs) >= self.ecfg.quality_prompts:
+                    break
+            self._pairs = self._pairs[:self.ecfg.quality_prompts]
+        return self._pairs
+
+    def original(self):
+        """The original-distribution documents, tokenized once, as an in-memory dataset."""
+        if self._original is None:
+            import datasets
+            docs = [d for d in read_source(self.ecfg.original, DataStats(), None, False)
+                    if isinstance(d, Document)]
+            samples = [s for group in self.renderer.render_documents(docs) for s in group]
+            self._original = datasets.Dataset.from_dict({
+                "input_ids": [s.input_ids.tolist() for s in samples],
+                "token_mask": [s.token_mask.tolist() for s in samples],
+                "token_bytes": [s.token_bytes.tolist() for s in samples]})
+        return self._original
+
+    # -- evaluations -----------------------------------------------------------------------------------
+    def _conversation(self, model, per_domain: bool) -> dict:
+        if not len(self.heldout):
+            return {"skipped": "no held-out samples"}
+        per = sample_losses(model, self.heldout, self.pad, self.ecfg.batch_size)
+        out = figures(per)
+        if per_domain:
+            groups = {}
+            for key in self.ecfg.domain_by:
+                groups[key] = grouped_figures(per, [str(x) for x in self.heldout[key]])
+            if self.domain_map is not None:
+                groups["mapped"] = grouped_figures(per, [self.domain_map.get(c, "unmapped")
+                                                         for c in self.heldout["conversation_id"]])
+            out = {"groups": groups}
+        return out
+
+    def run(self, model, step: int, suite: str) -> dict:
+        from .probes import load_probes, probe_figures
+        from .quality import response_quality
+        record = {"step": step, "suite": suite, "evaluations": {}, "seconds": {},
+                  "settings": {"heldout_samples": len(self.heldout), "batch_size": self.ecfg.batch_size}}
+        for name in self.ecfg.suites[suite]:
+            started = time.perf_counter()
+            if name == "conversation_ppl":
+                result = self._conversation(model, False)
+            elif name == "domain_ppl":
+                result = self._conversation(model, True)
+            elif name == "original_ppl":
+                result = figures(sample_losses(model, self.original(), self.pad, self.ecfg.batch_size)) \
+                    if self.ecfg.original is not None else {"skipped": "eval.original is null"}
+                if self.ecfg.original is not None:
+                    result["source"] = self.ecfg.original.path
+            elif name == "quality":
+                result = response_quality(model, self.tok, self.pairs(), self.ecfg, self.evals_dir, step)
+            elif name == "probes":
+                result = probe_figures(model, self.tok, load_probes(self.ecfg.probes), self._question_prompt,
+                                       self.ecfg.batch_size) if self.ecfg.probes else \
+                    {"skipped": "eval.probes is null"}
+            else:  # benchmarks, mmlu_quick
+                result = self.benchmarks().run(model, self.tok, quick_mmlu=name == "mmlu_quick")
+            record["evaluations"][name] = result
+            record["seconds"][name] = round(time.perf_counter() - started, 3)
+        self.evals_dir.mkdir(parents=True, exist_ok=True)
+        (self.evals_dir / f"step-{step}.json").write_text(json.dumps(record, indent=2, default=_json))
+        return record
+
+    def benchmarks(self):
+        if self._benchmarks is None:
+            from .benchmarks import Benchmarks
+            self._benchmarks = Benchmarks(self.ecfg, self.cfg.render.max_seq_len, self.out / "lm_eval_tasks")
+        return self._benchmarks
+
+    def _question_prompt(self, question: str) -> str:
+        msgs = self.renderer.messages_from([{"role": "user", "content": question}])
+        return self.renderer.generation_prompt(msgs)
+
+
+def headline(record: dict) -> dict:
+    """The scalars worth a curve: conversation/original perplexity, quality, probes, benchmark scores."""
+    ev, out = record["evaluations"], {}
+    for key in ("conversation_ppl", "original_ppl"):
+        if key in ev and "all" in ev[key]:
+            out[f"{key}/all"] = ev[key]["all"]["ppl"]
+            out[f"{key}/bits_per_byte"] = ev[key]["all"]["bits_per_byte"]
+            if ev[key].get("assistant", {}).get("tokens"):
+                out[f"{key}/assistant"] = ev[key]["assistant"]["ppl"]
+    if "quality" in ev and ev["quality"].get("rougeL") is not None:
+        out["quality/rougeL"] = ev["quality"]["rougeL"]
+    if "probes" in ev and "ll_accuracy" in ev["probes"]:
+        out["probes/ll_accuracy"] = ev["probes"]["ll_accuracy"]
+        out["probes/answer_contained"] = ev["probes"]["answer_contained"]
+    for key in ("benchmarks", "mmlu_quick"):
+        for name, fig in ev.get(key, {}).items():
+            if isinstance(fig, dict) and isinstance(fig.get("score"), (int, float)):
+                out[f"{key}/{name}"] = fig["score"]
+    return {k: v for k, v in out.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+def _json(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    return str(x)

@@ -1,0 +1,77 @@
+"""lm-evaluation-harness offline on local copies of the five benchmarks, on the live tiny model."""
+import math
+
+import pytest
+
+from benchdata import write_benchmarks
+from convlearn.config import load_config
+from convlearn.errors import UserError
+from convlearn.eval.benchmarks import Benchmarks, lm_eval_version, local_task, mmlu_tasks
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    return write_benchmarks(tmp_path_factory.mktemp("bench"))
+
+
+def eval_cfg(bench, **extra):
+    entries = ", ".join(f"{{name: {n}, data_dir: '{p}'{', num_fewshot: 5' if n == 'mmlu' else ''}}}"
+                        for n, p in bench.items())
+    sets = [f"eval.benchmarks=[{entries}]", "eval.lm_eval_batch_size=4", "eval.mmlu_quick_per_subject=2"]
+    return load_config(None, sets + [f"eval.{k}={v}" for k, v in extra.items()]).eval
+
+
+def test_local_tasks_keep_lm_evals_prompts_and_metrics(bench, tmp_path):
+    from lm_eval.tasks import TaskManager
+    arc = local_task("arc_challenge", bench["arc_challenge"])
+    assert arc["dataset_path"] == "json" and arc["dataset_kwargs"]["data_files"]["test"].startswith("/")
+    assert arc["doc_to_text"] == "Question: {{question}}\nAnswer:" and arc["task"] == "arc_challenge"
+    subjects = mmlu_tasks(bench["mmlu"], tmp_path)
+    assert [t["task"] for t in subjects] == ["mmlu_astronomy", "mmlu_high_school_computer_science"]
+    tm = TaskManager(include_defaults=False)
+    task = tm.load([subjects[0]])["tasks"]["mmlu_astronomy"]
+    doc = next(iter(task.test_docs()))
+    assert task.doc_to_text(doc) == "Which planet is largest? (0)\nA. Mars\nB. Jupiter\nC. Venus\nD. Earth\nAnswer:"
+    assert task.config.description.startswith("The following are multiple choice questions (with answers) about")
+    assert [m["metric"] for m in task.config.metric_list] == ["acc"]
+
+
+def test_all_five_benchmarks_run_offline_on_the_live_model(bench, tiny_models, tokenizers, tmp_path):
+    from convlearn.models import load_model
+    model = load_model(str(tiny_models["qwen2"]))
+    out = Benchmarks(eval_cfg(bench), 512, tmp_path).run(model, tokenizers["qwen2"])
+    assert out["lm_eval_version"] == lm_eval_version() == "0.4.13"
+    expected_n = {"mmlu": 6, "hellaswag": 4, "arc_challenge": 3, "truthfulqa_mc2": 3, "gsm8k": 3}
+    for name, n in expected_n.items():
+        fig = out[name]
+        assert fig["n"] == n and 0.0 <= fig["score"] <= 1.0, (name, fig)
+    assert set(out["mmlu"]["subjects"]) == {"astronomy", "high_school_computer_science"}
+    assert out["mmlu"]["num_fewshot"] == 5
+    assert out["arc_challenge"]["metric"] == "acc_norm,none" and "acc,none" in out["arc_challenge"]["metrics"]
+    assert out["gsm8k"]["metric"] == "exact_match,strict-match"
+
+
+def test_mmlu_quick_is_a_seeded_stratified_subset_with_stderr(bench, tiny_models, tokenizers, tmp_path):
+    from convlearn.models import load_model
+    from peft import LoraConfig, get_peft_model
+    model = get_peft_model(load_model(str(tiny_models["qwen2"])),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    cfg = eval_cfg(bench)
+    a = Benchmarks(cfg, 512, tmp_path / "a").run(model, tokenizers["qwen2"], quick_mmlu=True)["mmlu_quick"]
+    b = Benchmarks(cfg, 512, tmp_path / "b").run(model, tokenizers["qwen2"], quick_mmlu=True)["mmlu_quick"]
+    assert a["n"] == 4 and {s["n"] for s in a["subjects"].values()} == {2}  # 2 per subject, on a LoRA model
+    assert a == b  # fixed subset, same answers
+    assert a["stderr"] == pytest.approx(math.sqrt(a["score"] * (1 - a["score"]) / 4))
+
+
+def test_offline_without_a_local_copy_names_the_key(tiny_models, tokenizers, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from convlearn.data.prepare import prepare
+    from convlearn.eval.suites import RunEvaluator
+    from convlearn.models import model_spec
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cfg = load_config(None, [f"model.name={tiny_models['qwen2']}", "data.sources=[{path: chatterbot}]",
+                             f"data.cache_dir={tmp_path}", "eval.original=null"])
+    prepared = prepare(cfg, tokenizers["qwen2"], model_spec(cfg.model.name), progress=False)
+    with pytest.raises(UserError, match=r"eval.benchmarks\[0\].data_dir: the hub is offline"):
+        RunEvaluator(cfg, tokenizers["qwen2"], model_spec(cfg.model.name), prepared, tmp_path)
