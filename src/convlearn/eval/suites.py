@@ -39,7 +39,7 @@ def _domain_map(path: str) -> dict[str, str]:
 
 
 class RunEvaluator:
-    def __init__(self, cfg, tokenizer, spec, prepared, out_dir: Path):
+    def __init__(self, cfg, tokenizer, spec, prepared, out_dir: Path, suites: set[str] | None = None):
         self.cfg, self.ecfg, self.tok = cfg, cfg.eval, tokenizer
         self.out = Path(out_dir)
         self.evals_dir = self.out / "evals"
@@ -53,13 +53,15 @@ class RunEvaluator:
         self._original = None
         self._benchmarks = None
         self.domain_map = _domain_map(self.ecfg.domain_map) if self.ecfg.domain_map else None
-        self._check_offline()
+        self._check_offline(suites)
 
-    def _check_offline(self) -> None:
+    def _check_offline(self, suites: set[str] | None) -> None:
+        """Offline, fail before any work if a suite that will run needs the hub (naming the key)."""
         from huggingface_hub import constants
         if not constants.HF_HUB_OFFLINE:
             return
-        suites = {e.suite for e in self.ecfg.schedule} | {self.ecfg.final_suite} - {None}
+        if suites is None:
+            suites = {e.suite for e in self.ecfg.schedule} | {self.ecfg.final_suite} - {None}
         used = {item for name in suites for item in self.ecfg.suites[name]}
         original = self.ecfg.original
         if "original_ppl" in used and original is not None and not Path(original.path).exists() \

@@ -56,7 +56,7 @@ def evaluate(target: str, suite: str = "full", step: int | None = None, config: 
         attn_implementation=cfg.model.attn_implementation, trust_remote_code=cfg.model.trust_remote_code)
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = RunEvaluator(cfg, tok, spec, prepared, out_dir).run(model, step, suite)
+    record = RunEvaluator(cfg, tok, spec, prepared, out_dir, suites={suite}).run(model, step, suite)
     result = {"step": step, "suite": suite, "file": str(out_dir / "evals" / f"step-{step}.json"),
               "headline": headline(record), "seconds": record["seconds"]}
     if is_run and not out:
