@@ -34,8 +34,11 @@ def sample_losses(model, dataset, pad_id: int, batch_size: int = 8, limit: int |
         batch_rows = rows[idx]
         batch = collate(batch_rows["input_ids"], batch_rows[mask_column], pad_id)
         ids = batch["input_ids"].to(device)
-        logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(device)).logits[:, :-1].float()
-        nats = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").cpu()
+        logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(device)).logits[:, :-1]
+        # 2-D cross-entropy on contiguous rows: half the time of the (B, V, T) layout on CPU
+        nats = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                 ids[:, 1:].reshape(-1), reduction="none")
+        nats = nats.view(ids.shape[0], -1).cpu()
         nbytes = _padded(batch_rows["token_bytes"], ids.shape[1])[:, 1:]
         masks = {"all": batch["loss_mask"][:, 1:]}
         if has_assistant:

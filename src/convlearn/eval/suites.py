@@ -52,6 +52,7 @@ class RunEvaluator:
         self._pairs: list[dict] | None = None
         self._original = None
         self._benchmarks = None
+        self._losses = None
         self.domain_map = _domain_map(self.ecfg.domain_map) if self.ecfg.domain_map else None
         self._check_offline(suites)
 
@@ -102,7 +103,9 @@ class RunEvaluator:
     def _conversation(self, model, per_domain: bool) -> dict:
         if not len(self.heldout):
             return {"skipped": "no held-out samples"}
-        per = sample_losses(model, self.heldout, self.pad, self.ecfg.batch_size)
+        if self._losses is None:  # conversation_ppl and domain_ppl of one run share one pass
+            self._losses = sample_losses(model, self.heldout, self.pad, self.ecfg.batch_size)
+        per = self._losses
         out = figures(per)
         if per_domain:
             groups = {}
@@ -117,6 +120,7 @@ class RunEvaluator:
     def run(self, model, step: int, suite: str) -> dict:
         from .probes import load_probes, probe_figures
         from .quality import response_quality
+        self._losses = None
         record = {"step": step, "suite": suite, "evaluations": {}, "seconds": {},
                   "settings": {"heldout_samples": len(self.heldout), "batch_size": self.ecfg.batch_size}}
         for name in self.ecfg.suites[suite]:
