@@ -250,6 +250,26 @@ class EvalConfig:
 
 
 @section
+class ReplayConfig:
+    ratio: float = opt(0.0, "Share of each batch's samples that are replayed (the seed: 0, 0.1, 0.2).",
+                       ge=0.0, le=0.9)
+    source: Literal["original", "reservoir", "both"] = opt(
+        "original", "original = text of the original distribution; reservoir = past conversations (uniform "
+                    "reservoir sample of everything seen); both = either, by original_share.")
+    original: Optional[SourceConfig] = opt(
+        SourceConfig(path="allenai/c4", format="text", subset="en", split="train", limit=100000),
+        "Original-distribution text to replay (C4/RedPajama style, or any text). When it is the same source "
+        "as eval.original, replay uses only documents outside the evaluation's held-out 10%.")
+    reservoir_size: int = opt(10000, "Past samples the reservoir keeps.", ge=1)
+    original_share: float = opt(0.5, "With source=both: share of replayed samples taken from the original "
+                                     "text.", ge=0.0, le=1.0)
+
+    def validate(self, path: str) -> None:
+        if self.ratio > 0 and self.source in ("original", "both") and self.original is None:
+            raise ConfigError(f"{path}.original", f"is needed with ratio > 0 and source {self.source}")
+
+
+@section
 class LoggingConfig:
     tensorboard: bool = opt(True, "Write TensorBoard events to <output_dir>/tb.")
     wandb: bool = opt(False, "Log to Weights & Biases (pip install convlearn[wandb]).")
@@ -265,6 +285,7 @@ class RunConfig:
     render: RenderConfig = opt(RenderConfig(), "How conversations become token ids and loss masks.")
     method: MethodConfig = opt(MethodConfig(), "The training method and its settings.")
     train: TrainConfig = opt(TrainConfig(), "The training loop.")
+    replay: ReplayConfig = opt(ReplayConfig(), "Replay against forgetting.")
     eval: EvalConfig = opt(EvalConfig(), "What is evaluated when: learning and forgetting.")
     logging: LoggingConfig = opt(LoggingConfig(), "Where metrics go.")
     seed: int = opt(0, "Seed for data order and initialisation.", ge=0)

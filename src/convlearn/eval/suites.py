@@ -92,6 +92,10 @@ class RunEvaluator:
             import datasets
             docs = [d for d in read_source(self.ecfg.original, DataStats(), None, False)
                     if isinstance(d, Document)]
+            from ..data.hygiene import is_heldout, split_key
+            from ..train.loop import ORIGINAL_HELDOUT, replay_shares_eval_source
+            if self.cfg.replay.ratio > 0 and replay_shares_eval_source(self.cfg):  # never score replayed text
+                docs = [d for d in docs if is_heldout(split_key(d), ORIGINAL_HELDOUT)]
             samples = [s for group in self.renderer.render_documents(docs) for s in group]
             self._original = datasets.Dataset.from_dict({
                 "input_ids": [s.input_ids.tolist() for s in samples],

@@ -12,7 +12,7 @@ import torch
 
 class BatchStream:
     def __init__(self, dataset, batch_size: int, *, seed: int, shuffle: bool, mask: str, pad_id: int,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, replay=None, original=None):
         if len(dataset) == 0:
             raise ValueError("no training samples")
         self.ds = dataset
@@ -21,6 +21,7 @@ class BatchStream:
         self.pad_id, self.rank, self.world = pad_id, rank, world
         self.epoch, self.pos = 0, 0
         self._order = self._order_for(0)
+        self.replay, self.original = replay, original  # ReplayMixer, original-distribution samples
 
     def _order_for(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
@@ -28,11 +29,16 @@ class BatchStream:
         return np.random.default_rng([self.seed, epoch]).permutation(self.n)
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
+        out = {"epoch": self.epoch, "pos": self.pos}
+        if self.replay is not None:
+            out["replay"] = self.replay.state()
+        return out
 
     def load_state(self, state: dict) -> None:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
         self._order = self._order_for(self.epoch)
+        if self.replay is not None and "replay" in state:
+            self.replay.load_state(state["replay"])
 
     def _take(self, k: int) -> list[int]:
         out = []
@@ -46,11 +52,30 @@ class BatchStream:
         return out
 
     def next(self) -> dict:
-        """This rank's part of the next global micro-batch, padded on the right."""
-        idx = self._take(self.batch_size * self.world)
-        mine = idx[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-        rows = self.ds[mine]
-        return collate(rows["input_ids"], rows[self.mask], self.pad_id, mine)
+        """This rank's part of the next global micro-batch, padded on the right. With replay, some slots hold
+        a replayed sample: original-distribution text (every token a target) or a past conversation."""
+        k = self.batch_size * self.world
+        slots = self.replay.plan(k) if self.replay is not None else [("new", None)] * k
+        fresh = iter(self._take(sum(1 for kind, _ in slots if kind == "new")))
+        slots = [(kind, next(fresh) if kind == "new" else i) for kind, i in slots]
+        if self.replay is not None:
+            for kind, i in slots:
+                if kind == "new":
+                    self.replay.offer(i)
+        mine = slots[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        ids, masks = [], []
+        for kind, i in mine:
+            if kind == "original":
+                row = self.original[i]
+                ids.append(row["input_ids"])
+                masks.append(row["token_mask"])
+            else:
+                row = self.ds[i]
+                ids.append(row["input_ids"])
+                masks.append(row[self.mask])
+        batch = collate(ids, masks, self.pad_id, [i for _, i in mine])
+        batch["kinds"] = [kind for kind, _ in mine]
+        return batch
 
 
 def collate(ids: list, masks: list, pad_id: int, indices: list[int] | None = None) -> dict:

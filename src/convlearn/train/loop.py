@@ -24,6 +24,18 @@ from .telemetry import Telemetry, cuda_peak_bytes, tensor_bytes
 Evaluator = Callable[[torch.nn.Module, int], dict]
 
 
+ORIGINAL_HELDOUT = 0.1  # share of a text source kept for evaluation when replay draws from the same source
+
+
+def replay_shares_eval_source(cfg) -> bool:
+    """Replay and the original-distribution evaluation read the same text: split it so they never overlap."""
+    a, b = cfg.replay.original, cfg.eval.original
+    if a is None or b is None or a.path != b.path:
+        return False
+    local = a.path in ("python-docstrings", "chatterbot") or Path(a.path).exists()
+    return local or (a.subset, a.split) == (b.subset, b.split)  # split/subset only name parts of hub datasets
+
+
 class RunStopped(Exception):
     """Training had to stop (too many non-finite steps); a checkpoint of the last good state was written."""
 
@@ -97,9 +109,10 @@ class Trainer:
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
         mask = "token_mask" if cfg.render.loss == "all" else "assistant_mask"
+        mixer, original = self._replay(prepare)
         self.stream = BatchStream(self.prepared.dataset("train"), cfg.train.batch_size, seed=cfg.seed,
                                   shuffle=cfg.train.shuffle, mask=mask, pad_id=pad, rank=self.dist.rank,
-                                  world=self.dist.world)
+                                  world=self.dist.world, replay=mixer, original=original)
         self.state = {"step": 0, "tokens": 0, "loss_tokens": 0, "skipped_steps": 0, "bad_in_row": 0}
         if self.ckpt:
             ts = load_trainer_state(self.ckpt)
@@ -113,6 +126,26 @@ class Trainer:
         self.evaluate = evaluator_factory(self) if evaluator_factory and self.dist.main else None
         self.autocast = torch.autocast(device, dtype=torch.bfloat16) if self.precision == "bf16-mixed" else None
         self.last_saved = self.state["step"] if self.ckpt else -1
+
+    def _replay(self, prepare):
+        """The replay mixer and the tokenized original-distribution samples it draws from (or None, None)."""
+        r = self.cfg.replay
+        if r.ratio <= 0:
+            return None, None
+        original = None
+        if r.source in ("original", "both"):
+            import dataclasses
+            shared = replay_shares_eval_source(self.cfg)
+            data = dataclasses.replace(self.cfg.data, sources=[r.original], max_conversations=None,
+                                       heldout_fraction=ORIGINAL_HELDOUT if shared else 0.0)
+            original = prepare(dataclasses.replace(self.cfg, data=data), self.tokenizer, self.spec,
+                               progress=self.dist.main and self.cfg.logging.progress).dataset("train")
+            if len(original) == 0:
+                raise UserError("replay.original: no documents to replay")
+        from .replay import ReplayMixer
+        mixer = ReplayMixer(r.ratio, self.cfg.seed, original_size=len(original) if original is not None else 0,
+                            reservoir_size=r.reservoir_size, source=r.source, original_share=r.original_share)
+        return mixer, original
 
     # -- one optimizer step ------------------------------------------------------------------------------
     def _step(self) -> dict:
@@ -177,6 +210,11 @@ class Trainer:
                              "cuda_peak_bytes": cuda_peak_bytes()}}
         if hasattr(opt, "stats"):
             record["galore"] = dict(opt.stats)
+        if self.stream.replay is not None:
+            kinds = [k for b in micro for k in b["kinds"]]
+            record["replay"] = {"batch_replayed": sum(k != "new" for k in kinds) / len(kinds),
+                                "realised_ratio": self.stream.replay.realised_ratio,
+                                **self.stream.replay.counts}
         return record
 
     def _save(self) -> None:
