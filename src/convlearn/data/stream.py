@@ -59,6 +59,7 @@ def read_source(src, stats: DataStats, record_filter: RecordFilter | None, do_sc
             item.domain = src.domain
         elif item.domain is None:
             item.domain = name
+            item.meta["untopical"] = True  # the topic labeler may name its domain
         item.language = language_code(item.language)
         if record_filter is not None:
             try:

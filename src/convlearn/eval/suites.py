@@ -22,7 +22,9 @@ from .perplexity import figures, grouped_figures, sample_losses
 
 def schedule_for(eval_cfg, max_steps: int) -> dict[int, str]:
     """step -> suite: the configured schedule within the run, plus the final suite at the last step."""
-    plan = {e.step: e.suite for e in eval_cfg.schedule if e.step <= max_steps}
+    plan = {step: eval_cfg.every_suite for step in range(eval_cfg.every, max_steps + 1, eval_cfg.every)} \
+        if eval_cfg.every else {}
+    plan.update({e.step: e.suite for e in eval_cfg.schedule if e.step <= max_steps})
     if eval_cfg.final_suite is not None and max_steps not in plan:
         plan[max_steps] = eval_cfg.final_suite
     return plan
@@ -63,6 +65,8 @@ class RunEvaluator:
             return
         if suites is None:
             suites = {e.suite for e in self.ecfg.schedule} | {self.ecfg.final_suite} - {None}
+            if self.ecfg.every:
+                suites.add(self.ecfg.every_suite)
         used = {item for name in suites for item in self.ecfg.suites[name]}
         original = self.ecfg.original
         if "original_ppl" in used and original is not None and not Path(original.path).exists() \
@@ -94,7 +98,7 @@ class RunEvaluator:
                     if isinstance(d, Document)]
             from ..data.hygiene import is_heldout, split_key
             from ..train.loop import ORIGINAL_HELDOUT, replay_shares_eval_source
-            if self.cfg.replay.ratio > 0 and replay_shares_eval_source(self.cfg):  # never score replayed text
+            if replay_shares_eval_source(self.cfg):  # never score text replay could draw (any ratio: comparable)
                 docs = [d for d in docs if is_heldout(split_key(d), ORIGINAL_HELDOUT)]
             samples = [s for group in self.renderer.render_documents(docs) for s in group]
             self._original = datasets.Dataset.from_dict({

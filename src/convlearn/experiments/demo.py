@@ -1,70 +1,90 @@
-"""`convlearn demo`: the embedded default, offline on CPU.
+"""`convlearn demo`: the whole story offline on CPU, deterministic for its seed.
 
-Builds a tiny Qwen2-architecture twin, reads the chatterbot corpus through the normalization rules, prepares
-(renders and tokenizes) it with the twin's chat template, continues training it with GaLore (layer-wise),
-and prints what each stage produced, ending with held-out perplexity before and after.
+1. build a tiny Qwen2 twin; 2. pretrain it on Python's docstrings (the "original distribution", so there is
+something to forget); 3. make knowledge probes (facts that appear nowhere else) and a docstring benchmark in
+MMLU's schema; 4. evaluate at step 0 and continue training with AdamW, LoRA, GaLore and GaLore + 10% replay on
+the same stream of chatterbot + probe conversations; 5. write the report (tables, plots, verdicts) and print
+its headline table.
 """
 from __future__ import annotations
 
-import json
+import shutil
 import time
 from pathlib import Path
 
+from ..config import load_config
 
-def demo_config(out: Path, model_dir: Path):
-    from ..config import load_config
-    return load_config(None, [
-        f"model.name={model_dir}", "data.sources=[{path: chatterbot}]", "data.heldout_fraction=0.1",
-        f"data.cache_dir={out / 'cache'}", "render.max_seq_len=256", f"output_dir={out / 'galore'}",
-        "method.name=galore", "method.rank=32", "method.update_proj_gap=50", "method.layerwise=true",
-        "train.max_steps=150", "train.batch_size=8", "train.lr=0.003", "train.warmup_steps=10",
-        "train.save_every=0", "eval.schedule=[{step: 0, suite: quick}, {step: 50, suite: quick}, "
-        "{step: 100, suite: quick}]", "eval.final_suite=quick", "eval.suites.quick=[conversation_ppl]"])
+REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "experiments" / "tiny"
 
 
-def run_demo(out: str | Path) -> None:
-    from ..data.inspect import format_stats, inspect_source
-    from ..data.prepare import prepare
-    from ..models import load_tokenizer, model_spec
+def pretrain_base(out: Path, tiny: Path, steps: int) -> Path:
+    """The base model: the twin trained on docstrings with our own loop, saved with its tokenizer."""
+    from .run import run_training
+    base = out / "base"
+    if (base / "config.json").is_file():
+        return base
+    cfg = load_config(None, [
+        f"model.name={tiny}", "data.sources=[{path: python-docstrings, format: text}]", "data.heldout_fraction=0.1",
+        f"data.cache_dir={out / 'cache'}", "render.max_seq_len=128", "method.name=adamw", f"train.max_steps={steps}",
+        "train.batch_size=16", "train.lr=0.003", "train.warmup_steps=20", "train.save_every=0",
+        "eval.schedule=[]", "eval.final_suite=null", "logging.progress=false"])
+    run_dir = out / "pretrain"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_training(cfg, run_dir)
+    shutil.copytree(run_dir / "checkpoints" / f"step-{steps:08d}" / "model", base)
+    for f in tiny.iterdir():  # the tokenizer travels with the weights
+        if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+            shutil.copy(f, base / f.name)
+    return base
+
+
+def run_demo(out: str | Path, pretrain_steps: int = 400, train_steps: int = 200) -> dict:
+    """The full demo (~5.5 min on 2 cores); `convlearn demo --quick` shortens both phases for CI."""
+    from ..data.docstring_mmlu import write_docstring_mmlu
+    from ..data.probes import write_probes
     from ..tiny import build_tiny_model
-    out = Path(out)
+    from .report import headline_table, write_report
+    from .sweep import load_sweep, run_sweep
+    out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-
-    model_dir = out / "tiny-qwen2"
-    print(f"[1/3] building a tiny Qwen2 twin in {model_dir} ...", flush=True)
-    if not (model_dir / "config.json").is_file():
-        build_tiny_model("qwen2", model_dir, seed=0)
-
-    print("[2/4] reading the chatterbot corpus ...", flush=True)
-    print(format_stats(inspect_source("chatterbot"), "chatterbot (bundled corpus)"))
-
-    print("[3/4] rendering and tokenizing with the model's chat template ...", flush=True)
-    cfg = demo_config(out, model_dir)
-    tok = load_tokenizer(cfg.model.name)
-    prepared = prepare(cfg, tok, model_spec(cfg.model.name), progress=True)
-    train = prepared.dataset("train")
-    print(f"  cache: {prepared.path}")
-    print(f"  train samples {prepared.meta['train_rows']:,}, held-out samples {prepared.meta['heldout_rows']:,}")
-    print(f"  render: {json.dumps(prepared.meta['render'])}")
-    row = train[0]
-    shown = "".join(f"[{tok.decode([i])}]" if m else tok.decode([i])
-                    for i, m in zip(row["input_ids"], row["assistant_mask"]))
-    print(f"  first sample ({len(row['input_ids'])} tokens; assistant tokens in [brackets]):\n{shown}")
-
-    print("[4/4] continual training with layer-wise GaLore (r=32) ...", flush=True)
-    from .run import run_training
-    run_dir = Path(cfg.output_dir)
-    if run_dir.exists():
-        import shutil
-        shutil.rmtree(run_dir)
-    summary = run_training(cfg, run_dir)
-    evals = sorted((run_dir / "evals").glob("step-*.json"), key=lambda p: int(p.stem.split("-")[1]))
-    print("  step | held-out loss | perplexity | bits/byte")
-    for path in evals:
-        e = json.loads(path.read_text())
-        a = e["evaluations"]["conversation_ppl"]["all"]
-        print(f"  {e['step']:>4} | {a['loss']:13.3f} | {a['ppl']:10.1f} | {a['bits_per_byte']:.3f}")
-    print(f"  {summary['steps']} steps, {summary['tokens']:,} tokens, {summary['mean_tokens_per_s']:,.0f} tokens/s, "
-          f"optimizer state {summary['peak_memory']['optimizer_state_bytes'] / 2**20:.1f} MiB")
-    print(f"done in {time.perf_counter() - t0:.1f} s; outputs in {out}")
+    tiny = out / "tiny-qwen2"
+    print(f"[1/5] tiny Qwen2 twin -> {tiny}", flush=True)
+    if not (tiny / "config.json").is_file():
+        build_tiny_model("qwen2", tiny, seed=0)
+    print(f"[2/5] pretraining it on Python docstrings ({pretrain_steps} steps) ...", flush=True)
+    base = pretrain_base(out, tiny, pretrain_steps)
+    print("[3/5] knowledge probes and a docstring benchmark in MMLU's schema ...", flush=True)
+    write_probes(out / "probes", n=12, seed=0, mentions=4)
+    write_docstring_mmlu(out / "mmlu")
+    print(f"[4/5] continual training on chatterbot + probe conversations: AdamW, LoRA, GaLore, GaLore + 10% "
+          f"replay ({train_steps} steps each) ...", flush=True)
+    sweep_file = out / "demo_sweep.yaml"
+    base_cfg = (REPO_CONFIGS / "base.yaml").read_text().replace("runs/demo/", f"{out}/")
+    (out / "base.yaml").write_text(base_cfg)
+    sweep_file.write_text(f"""name: demo
+experiment: optimizers
+hypothesis: GaLore learns like AdamW with LoRA-like memory
+base: base.yaml
+set: [train.max_steps={train_steps}, "data.cache_dir={out / 'cache'}"]
+runs:
+  - {{name: adamw, set: [method.name=adamw, train.lr=0.001]}}
+  - {{name: lora-r16, set: [method.name=lora, method.lora_rank=16, method.lora_alpha=32, train.lr=0.003]}}
+  - {{name: galore-r32, set: [method.name=galore, method.rank=32, method.layerwise=true]}}
+  - {{name: galore-r32-replay10, set: [method.name=galore, method.rank=32, method.layerwise=true,
+                                      replay.ratio=0.1]}}
+""")
+    result = run_sweep(sweep_file, out / "runs")
+    failed = {k: v for k, v in result["runs"].items() if v not in (0, "skipped")}
+    if failed:
+        from ..errors import UserError
+        raise UserError(f"demo runs failed: {failed} (see {out / 'runs'}/<run>/train.log)")
+    print("[5/5] report ...", flush=True)
+    sweep = load_sweep(sweep_file)
+    summary = write_report([out / "runs" / r.name for r in sweep.runs], out / "report", "optimizers",
+                           "convlearn demo: continual learning of a tiny Qwen2 from conversations",
+                           sweep.hypothesis)
+    print(headline_table(summary, out / "report"))
+    print(f"report: {summary['report']} (plots and figures.csv beside it); done in "
+          f"{time.perf_counter() - t0:.0f} s")
+    return summary

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..eval.adaptation import write_adaptation
 from ..eval.forgetting import write_analysis
 from ..eval.suites import RunEvaluator, headline, schedule_for
 
@@ -27,6 +28,10 @@ def run_training(cfg, out: str | Path | None = None, max_steps: int | None = Non
         summary = trainer.run()
         if trainer.dist.main:
             summary["forgetting"] = write_analysis(trainer.out, cfg.eval).get("flags", {})
+            if cfg.train.order != "shuffled":  # a stream: measure adaptation at its domain switches
+                adapt = write_adaptation(trainer.out, cfg.eval.adaptation_levels)
+                if adapt is not None:
+                    summary["adaptation"] = {k: v for k, v in adapt.items() if k.startswith("steps_to_")}
         return summary
     finally:
         trainer.dist.close()

@@ -11,31 +11,42 @@ import torch
 
 
 class BatchStream:
-    def __init__(self, dataset, batch_size: int, *, seed: int, shuffle: bool, mask: str, pad_id: int,
-                 rank: int = 0, world: int = 1, replay=None, original=None):
+    def __init__(self, dataset, batch_size: int, *, seed: int, order: str, mask: str, pad_id: int,
+                 rank: int = 0, world: int = 1, replay=None, original=None, single_pass: bool = False):
         if len(dataset) == 0:
             raise ValueError("no training samples")
         self.ds = dataset
         self.n = len(dataset)
-        self.batch_size, self.seed, self.shuffle, self.mask = batch_size, seed, shuffle, mask
+        self.batch_size, self.seed, self.order, self.mask = batch_size, seed, order, mask
+        self.single_pass, self.exhausted = single_pass, False
         self.pad_id, self.rank, self.world = pad_id, rank, world
         self.epoch, self.pos = 0, 0
         self._order = self._order_for(0)
         self.replay, self.original = replay, original  # ReplayMixer, original-distribution samples
 
     def _order_for(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
+        if self.order == "stream":
             return np.arange(self.n)
+        if self.order == "by_domain":  # stable: arrival order within each domain, domains by first arrival
+            domains = self.ds["domain"]
+            rank = {d: i for i, d in enumerate(dict.fromkeys(domains))}
+            return np.argsort([rank[d] for d in domains], kind="stable")
         return np.random.default_rng([self.seed, epoch]).permutation(self.n)
 
+    @property
+    def done(self) -> bool:
+        """Single pass and every sample trained on."""
+        return self.single_pass and self.pos >= self.n
+
     def state(self) -> dict:
-        out = {"epoch": self.epoch, "pos": self.pos}
+        out = {"epoch": self.epoch, "pos": self.pos, "exhausted": self.exhausted}
         if self.replay is not None:
             out["replay"] = self.replay.state()
         return out
 
     def load_state(self, state: dict) -> None:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self.exhausted = bool(state.get("exhausted", False))
         self._order = self._order_for(self.epoch)
         if self.replay is not None and "replay" in state:
             self.replay.load_state(state["replay"])
@@ -44,6 +55,9 @@ class BatchStream:
         out = []
         while len(out) < k:
             if self.pos >= self.n:
+                if self.single_pass:  # online: each sample once; the last batch may be short
+                    self.exhausted = True
+                    break
                 self.epoch, self.pos = self.epoch + 1, 0
                 self._order = self._order_for(self.epoch)
             step = min(k - len(out), self.n - self.pos)
@@ -57,12 +71,14 @@ class BatchStream:
         k = self.batch_size * self.world
         slots = self.replay.plan(k) if self.replay is not None else [("new", None)] * k
         fresh = iter(self._take(sum(1 for kind, _ in slots if kind == "new")))
-        slots = [(kind, next(fresh) if kind == "new" else i) for kind, i in slots]
+        slots = [(kind, next(fresh, None) if kind == "new" else i) for kind, i in slots]
         if self.replay is not None:
             for kind, i in slots:
                 if kind == "new":
                     self.replay.offer(i)
-        mine = slots[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        if self.single_pass:
+            slots = [(kind, i) for kind, i in slots if i is not None]  # new slots the data could not fill
+        mine = slots[self.rank * self.batch_size:(self.rank + 1) * self.batch_size] or slots[:1]
         ids, masks = [], []
         for kind, i in mine:
             if kind == "original":
@@ -75,6 +91,7 @@ class BatchStream:
                 masks.append(row[self.mask])
         batch = collate(ids, masks, self.pad_id, [i for _, i in mine])
         batch["kinds"] = [kind for kind, _ in mine]
+        batch["domains"] = [self.ds[i]["domain"] for kind, i in mine if kind == "new"]
         return batch
 
 

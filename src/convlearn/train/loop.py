@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -111,8 +112,9 @@ class Trainer:
         mask = "token_mask" if cfg.render.loss == "all" else "assistant_mask"
         mixer, original = self._replay(prepare)
         self.stream = BatchStream(self.prepared.dataset("train"), cfg.train.batch_size, seed=cfg.seed,
-                                  shuffle=cfg.train.shuffle, mask=mask, pad_id=pad, rank=self.dist.rank,
-                                  world=self.dist.world, replay=mixer, original=original)
+                                  order=cfg.train.order, mask=mask, pad_id=pad, rank=self.dist.rank,
+                                  world=self.dist.world, replay=mixer, original=original,
+                                  single_pass=cfg.train.single_pass)
         self.state = {"step": 0, "tokens": 0, "loss_tokens": 0, "skipped_steps": 0, "bad_in_row": 0}
         if self.ckpt:
             ts = load_trainer_state(self.ckpt)
@@ -151,7 +153,7 @@ class Trainer:
     def _step(self) -> dict:
         t, lw, opt = self.cfg.train, self.method.layerwise, self.method.optimizer
         started = time.perf_counter()
-        micro = [self.stream.next() for _ in range(t.grad_accum)]
+        micro = [self.stream.next() for _ in range(t.grad_accum) if not self.stream.done]
         local_tokens = sum(int(b["loss_mask"][:, 1:].sum()) for b in micro)
         global_tokens = self.dist.sum(local_tokens)
         input_tokens = self.dist.sum(sum(int(b["attention_mask"].sum()) for b in micro))
@@ -205,9 +207,13 @@ class Trainer:
                   "tokens": st["tokens"], "loss_tokens": st["loss_tokens"],
                   "tokens_per_s": input_tokens / elapsed, "step_seconds": elapsed,
                   "skipped_steps": st["skipped_steps"],
-                  "memory": {"trainable_param_bytes": tensor_bytes(self.method.trainable),
+                  "memory": {"model_param_bytes": tensor_bytes(self.method.model.parameters()),
+                             "trainable_param_bytes": tensor_bytes(self.method.trainable),
                              "grad_bytes_peak": grad_bytes, "optimizer_state_bytes": state_bytes(opt),
                              "cuda_peak_bytes": cuda_peak_bytes()}}
+        domains = [d for b in micro for d in b["domains"]]
+        record["data"] = {"epoch": self.stream.epoch, "pos": self.stream.pos,
+                          "domain": Counter(domains).most_common(1)[0][0] if domains else None}
         if hasattr(opt, "stats"):
             record["galore"] = dict(opt.stats)
         if self.stream.replay is not None:
@@ -248,7 +254,7 @@ class Trainer:
                    disable=not (self.dist.main and self.cfg.logging.progress))
         records = []
         try:
-            while self.state["step"] < self.max_steps:
+            while self.state["step"] < self.max_steps and not self.stream.done:
                 record = self._step()
                 records.append(record)
                 self.telemetry.log_step(record)
@@ -262,10 +268,13 @@ class Trainer:
                                      f"{self.out / 'checkpoints'}. Lower train.lr or check the data.")
                 if t.save_every and step % t.save_every == 0 and step < self.max_steps:
                     self._save()
-                if step < self.max_steps:
+                if step < self.max_steps and not self.stream.done:
                     self._eval()
             if self.last_saved != self.state["step"]:
                 self._save()
+            if self.evaluate is not None and self.state["step"] not in self.evaluate.schedule \
+                    and self.cfg.eval.final_suite is not None:  # a single pass ended before max_steps
+                self.evaluate.schedule[self.state["step"]] = self.cfg.eval.final_suite
             self._eval()
         finally:
             bar.close()
