@@ -1,0 +1,142 @@
+"""Sweeps, reports (figures equal the ones recomputed from the raw files), online streaming, topic labels."""
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from convlearn.errors import ConfigError
+from convlearn.experiments.sweep import load_sweep, run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_base(tmp_path, tiny_models, extra=""):
+    base = tmp_path / "base.yaml"
+    base.write_text(f"""
+model: {{name: "{tiny_models['qwen2']}"}}
+data: {{sources: [{{path: chatterbot}}], heldout_fraction: 0.1, cache_dir: "{tmp_path / 'cache'}"}}
+render: {{max_seq_len: 96}}
+method: {{name: galore, rank: 8, update_proj_gap: 5}}
+train: {{max_steps: 6, batch_size: 4, lr: 0.003, save_every: 0}}
+eval: {{schedule: [{{step: 0, suite: quick}}], final_suite: quick, heldout_samples: 24}}
+logging: {{progress: false}}
+{extra}""")
+    return base
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "experiments").rglob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_experiments_validate(path):
+    if path.name == "base.yaml":
+        return
+    sweep = load_sweep(path)
+    assert sweep.runs and sweep.experiment in ("optimizers", "data_scaling", "online", "replay")
+
+
+def test_sweep_expands_grids_and_seeds_and_knows_run_states(tmp_path, tiny_models):
+    write_base(tmp_path, tiny_models)
+    spec = tmp_path / "exp.yaml"
+    spec.write_text("""name: t
+experiment: replay
+base: base.yaml
+set: [train.max_steps=2]
+grid:
+  method: [{name: a, set: [method.name=adamw]}, {name: g, set: [method.name=galore]}]
+  replay: [{name: r0, set: [replay.ratio=0.0]}]
+seeds: [0, 1]
+""")
+    sweep = load_sweep(spec)
+    assert [r.name for r in sweep.runs] == ["a-r0-s0", "a-r0-s1", "g-r0-s0", "g-r0-s1"]
+    assert sweep.runs[1].overrides == ["train.max_steps=2", "method.name=adamw", "replay.ratio=0.0", "seed=1"]
+    out = tmp_path / "runs"
+    (out / "a-r0-s0").mkdir(parents=True)
+    (out / "a-r0-s0" / "summary.json").write_text("{}")
+    ck = out / "a-r0-s1" / "checkpoints" / "step-00000001"
+    ck.mkdir(parents=True)
+    (ck / "COMPLETE").write_text("{}")
+    plan = run_sweep(spec, out, dry_run=True)["runs"]
+    assert plan == {"a-r0-s0": "finished", "a-r0-s1": "interrupted", "g-r0-s0": "new", "g-r0-s1": "new"}
+    spec.write_text(spec.read_text().replace("replay.ratio=0.0", "replay.ratio=2"))
+    with pytest.raises(ConfigError, match=r"replay.ratio: must be <= 0.9"):
+        load_sweep(spec)
+
+
+def test_report_figures_equal_the_raw_files(tmp_path, tiny_models):
+    write_base(tmp_path, tiny_models)
+    spec = tmp_path / "exp.yaml"
+    spec.write_text("""name: opt
+experiment: optimizers
+base: base.yaml
+runs: [{name: adamw, set: [method.name=adamw]}, {name: galore-r8, set: [method.name=galore]},
+       {name: lora, set: [method.name=lora, method.lora_rank=4]}]
+""")
+    result = run_sweep(spec, tmp_path / "runs")
+    assert result["runs"] == {"adamw": 0, "galore-r8": 0, "lora": 0}
+    from convlearn.experiments.report import write_report
+    summary = write_report([tmp_path / "runs" / n for n in ("adamw", "galore-r8", "lora")], tmp_path / "report",
+                           "optimizers")
+    rows = list(csv.DictReader(open(tmp_path / "report" / "figures.csv")))
+    fig = {(r["run"], r["figure"]): r["value"] for r in rows}
+    for run in ("adamw", "galore-r8"):
+        evals = [json.loads((tmp_path / "runs" / run / "evals" / f"step-{s}.json").read_text()) for s in (0, 6)]
+        p0, p1 = (e["evaluations"]["conversation_ppl"]["all"]["ppl"] for e in evals)
+        assert float(fig[(run, "conversation_ppl_change")]) == pytest.approx((p1 - p0) / p0)
+        metrics = [json.loads(x) for x in (tmp_path / "runs" / run / "metrics.jsonl").read_text().splitlines()]
+        summ = json.loads((tmp_path / "runs" / run / "summary.json").read_text())
+        mem = metrics[-1]["memory"]["model_param_bytes"] + summ["peak_memory"]["grad_bytes_peak"] + \
+            summ["peak_memory"]["optimizer_state_bytes"]
+        assert int(fig[(run, "training_state_bytes")]) == mem
+        assert float(fig[(run, "tokens_per_s")]) == pytest.approx(summ["mean_tokens_per_s"])
+    ratio = float(fig[("galore-r8", "training_state_bytes")]) / float(fig[("adamw", "training_state_bytes")])
+    assert float(fig[("galore-r8", "memory_vs_adamw")]) == pytest.approx(ratio)
+    crit = summary["criteria"]["galore-r8"]
+    assert crit["memory"]["verdict"] == ("pass" if ratio < 0.5 else "fail")
+    assert crit["mmlu"]["verdict"] == "not measured"
+    assert summary["hypothesis"]["verdicts"]["galore-r8"]["verdict"] in ("pass", "fail")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Verdicts against the success criteria" in text and "![learning_curves]" in text
+
+
+def test_online_stream_trains_each_conversation_once_in_arrival_order(tmp_path, tiny_models):
+    from convlearn.experiments.run import run_training
+    from convlearn.config import load_config
+    base = write_base(tmp_path, tiny_models)
+    cfg = load_config(base, ["train.order=by_domain", "train.single_pass=true", "train.max_steps=100000",
+                             "train.batch_size=2", "data.max_conversations=200", "eval.every=10",
+                             "eval.every_suite=quick", "eval.suites.quick=[domain_ppl]", "eval.domain_by=[domain]",
+                             "method.name=adamw"])
+    summary = run_training(cfg, tmp_path / "online")
+    metrics = [json.loads(x) for x in (tmp_path / "online" / "metrics.jsonl").read_text().splitlines()]
+    pos = [m["data"]["pos"] for m in metrics]
+    assert pos == [min(2 * (i + 1), pos[-1]) for i in range(len(pos))]  # never ahead of the stream
+    assert all(m["data"]["epoch"] == 0 for m in metrics) and summary["steps"] == len(metrics)
+    domains = [m["data"]["domain"] for m in metrics]
+    first_seen = list(dict.fromkeys(domains))
+    assert domains == sorted(domains, key=first_seen.index)  # grouped by domain: topic shifts
+    adapt = json.loads((tmp_path / "online" / "adaptation.json").read_text())
+    assert len(adapt["phases"]) == len(first_seen) >= 3
+    for sw in adapt["switches"]:
+        assert sw["step"] in [p["start"] for p in adapt["phases"]]
+        assert set(sw) >= {"steps_to_50", "steps_to_90", "old_domains_loss_change"}
+
+
+def test_topic_labeler_finds_themes_and_names_them(tmp_path):
+    from convlearn.data.topics import TopicLabeler
+    themes = {"cooking": ["How long should I bake bread dough in the oven?", "What spices go well in a curry?",
+                          "How do I boil pasta without it sticking?", "Can I replace butter with oil in cake?"],
+              "code": ["How do I reverse a list in Python?", "Why does my Java program throw a null pointer?",
+                       "What is a closure in JavaScript?", "How do I write a SQL join query?"],
+              "space": ["How far away is the Moon from Earth?", "What is a black hole made of?",
+                        "Why does Mars look red in the night sky?", "How many planets orbit the Sun?"]}
+    texts = [t for ts in themes.values() for t in ts]
+    truth = [name for name, ts in themes.items() for _ in ts]
+    lab = TopicLabeler(3, seed=0)
+    labels = lab.fit(texts)
+    clusters = {}
+    for t, l in zip(truth, labels):
+        clusters.setdefault(l, []).append(t)
+    assert sorted(len(set(v)) for v in clusters.values()) == [1, 1, 1]  # each cluster one theme
+    assert lab.label(["How do I sort a dictionary in Python?"])[0] == labels[truth.index("code")]
+    again = TopicLabeler.from_state(json.loads(json.dumps(lab.state())))
+    assert again.label(texts) == labels
