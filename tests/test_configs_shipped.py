@@ -5,7 +5,9 @@ import pytest
 from convlearn.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+# run configs (sweep files under configs/experiments are checked in test_experiments.py)
+CONFIGS = sorted([*(ROOT / "configs").glob("*.yaml"), *(ROOT / "configs" / "tiny").glob("*.yaml"),
+                  ROOT / "configs" / "experiments" / "tiny" / "base.yaml"])
 
 
 def test_there_are_shipped_configs():

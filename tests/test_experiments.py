@@ -136,7 +136,44 @@ def test_topic_labeler_finds_themes_and_names_them(tmp_path):
     clusters = {}
     for t, l in zip(truth, labels):
         clusters.setdefault(l, []).append(t)
-    assert sorted(len(set(v)) for v in clusters.values()) == [1, 1, 1]  # each cluster one theme
-    assert lab.label(["How do I sort a dictionary in Python?"])[0] == labels[truth.index("code")]
+    purity = sum(max(v.count(t) for t in set(v)) for v in clusters.values()) / len(texts)
+    assert len(clusters) == 3 and purity >= 10 / 12, clusters  # clusters follow the themes
+    code_cluster = max(clusters, key=lambda c: clusters[c].count("code"))
+    assert lab.label(["How do I sort a dictionary in Python?"])[0] == code_cluster
     again = TopicLabeler.from_state(json.loads(json.dumps(lab.state())))
     assert again.label(texts) == labels
+
+
+@pytest.fixture(scope="module")
+def demo_assets(tmp_path_factory, tiny_models):
+    """What `convlearn demo` builds for the tiny experiments, at a fraction of the size."""
+    from convlearn.data.docstring_mmlu import write_docstring_mmlu
+    from convlearn.data.probes import write_probes
+    from convlearn.experiments.demo import pretrain_base
+    root = tmp_path_factory.mktemp("demo-assets")
+    pretrain_base(root, tiny_models["qwen2"], steps=5)
+    write_probes(root / "probes", n=4, seed=0, mentions=2)
+    write_docstring_mmlu(root / "mmlu", per_subject=8)
+    return root
+
+
+@pytest.mark.parametrize("name", ["optimizers", "data_scaling", "online", "replay"])
+def test_tiny_experiments_run_end_to_end(tmp_path, demo_assets, name):
+    """Each shipped tiny experiment, through `convlearn sweep`, shortened to a few steps per run."""
+    import subprocess
+    import sys
+    src = ROOT / "configs" / "experiments" / "tiny"
+    (tmp_path / "base.yaml").write_text((src / "base.yaml").read_text().replace("runs/demo/", f"{demo_assets}/"))
+    spec = (src / f"{name}.yaml").read_text()
+    short = (f'set: [train.max_steps=3, train.save_every=0, "data.cache_dir={tmp_path / "cache"}", '
+             "eval.heldout_samples=16, eval.original.limit=200, "
+             '"eval.suites.full=[conversation_ppl, original_ppl]", ')
+    spec = spec.replace("set: [", short, 1) if "set: [" in spec else spec.replace(
+        "base: base.yaml", "base: base.yaml\n" + short.rstrip(", ") + "]")
+    (tmp_path / "exp.yaml").write_text(spec)
+    res = subprocess.run([sys.executable, "-m", "convlearn", "sweep", str(tmp_path / "exp.yaml"), "--out",
+                          str(tmp_path / "runs")], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    verdicts = json.loads((tmp_path / "runs" / "report" / "verdicts.json").read_text())
+    assert verdicts["runs"] == [r.name for r in load_sweep(tmp_path / "exp.yaml").runs]
+    assert verdicts["hypothesis"]["statement"]
