@@ -177,3 +177,28 @@ def test_tiny_experiments_run_end_to_end(tmp_path, demo_assets, name):
     verdicts = json.loads((tmp_path / "runs" / "report" / "verdicts.json").read_text())
     assert verdicts["runs"] == [r.name for r in load_sweep(tmp_path / "exp.yaml").runs]
     assert verdicts["hypothesis"]["statement"]
+
+
+def test_topics_become_domains_of_sources_without_topics(tmp_path, tiny_models, tokenizers):
+    import datafiles as F
+    from convlearn.config import load_config
+    from convlearn.data.prepare import prepare
+    from convlearn.models import model_spec
+    themes = ["bake bread in the oven with flour and yeast", "debug python code with a stack trace",
+              "the moon orbits the earth and the planets orbit the sun"]
+    rows = [{"conversation_id": f"c{i}", "conversation": [
+        {"role": "user", "content": f"Tell me how to {themes[i % 3]} ({i})"},
+        {"role": "assistant", "content": "Sure."}]} for i in range(30)]
+    path = F.write_jsonl(tmp_path / "lmsys.jsonl", rows)
+    cfg = load_config(None, [f"model.name={tiny_models['qwen2']}", f"data.sources=[{{path: {path}}}, "
+                             "{path: chatterbot, limit: 20}]", "data.heldout_fraction=0.0",
+                             f"data.cache_dir={tmp_path / 'cache'}", "data.topics.k=3", "render.max_seq_len=64"])
+    meta = prepare(cfg, tokenizers["qwen2"], model_spec(cfg.model.name), progress=False)
+    train = meta.dataset("train")
+    by_id = dict(zip(train["conversation_id"], train["domain"]))
+    assert len(meta.meta["topics"]["names"]) == 3
+    topic_of = {i: by_id[f"c{i}"] for i in range(30)}
+    assert all(topic_of[i] == topic_of[i % 3] for i in range(30))  # same theme, same topic
+    assert len({topic_of[0], topic_of[1], topic_of[2]}) == 3
+    assert {by_id[c] for c in by_id if c.startswith("chatterbot/")} <= {"ai", "botprofile"}  # own topics kept
+    assert list((tmp_path / "cache").glob("topics-*.json"))

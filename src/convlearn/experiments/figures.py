@@ -85,4 +85,6 @@ def run_figures(run_dir: str | Path) -> dict:
         out["domain_loss_series"] = domain_series
     if (run / "adaptation.json").is_file():
         out["adaptation"] = json.loads((run / "adaptation.json").read_text())
+        steps = sorted(s for s in out["adaptation"].get("steps_to_90", []) if s is not None)
+        out["adaptation_steps_to_90"] = steps[len(steps) // 2] if steps else None
     return out

@@ -9,7 +9,8 @@ from .figures import run_figures
 from .verdicts import CRITERIA, hypothesis, success_criteria
 
 LEARNING = ["method", "rank", "replay_ratio", "conversations", "steps", "conversation_ppl_step0",
-            "conversation_ppl_final", "conversation_ppl_change", "probe_accuracy_step0", "probe_accuracy_final"]
+            "conversation_ppl_final", "conversation_ppl_change", "probe_accuracy_step0", "probe_accuracy_final",
+            "adaptation_steps_to_90"]
 FORGETTING = ["original_ppl_step0", "original_ppl_final", "original_ppl_change", "mmlu_step0", "mmlu_final",
               "mmlu_delta_points"]
 COST = ["tokens", "tokens_per_s", "speed_vs_adamw", "training_state_bytes", "memory_vs_adamw",
