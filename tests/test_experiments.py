@@ -116,6 +116,9 @@ def test_online_stream_trains_each_conversation_once_in_arrival_order(tmp_path, 
     assert domains == sorted(domains, key=first_seen.index)  # grouped by domain: topic shifts
     adapt = json.loads((tmp_path / "online" / "adaptation.json").read_text())
     assert len(adapt["phases"]) == len(first_seen) >= 3
+    bwt = json.loads((tmp_path / "online" / "forgetting.json").read_text())["backward_transfer"]
+    assert bwt["bwt_loss"] is not None and len(bwt["per_domain"]) >= 1
+    assert summary["backward_transfer"] == bwt
     for sw in adapt["switches"]:
         assert sw["step"] in [p["start"] for p in adapt["phases"]]
         assert set(sw) >= {"steps_to_50", "steps_to_90", "old_domains_loss_change"}

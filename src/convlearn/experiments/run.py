@@ -32,6 +32,11 @@ def run_training(cfg, out: str | Path | None = None, max_steps: int | None = Non
                 adapt = write_adaptation(trainer.out, cfg.eval.adaptation_levels)
                 if adapt is not None:
                     summary["adaptation"] = {k: v for k, v in adapt.items() if k.startswith("steps_to_")}
+                    steps = sorted(trainer.evaluate.schedule) if trainer.evaluate else []
+                    phases = [{"domain": p["domain"], "end_step": max(s for s in steps if s <= p["end"])}
+                              for p in adapt["phases"] if any(s <= p["end"] for s in steps)]
+                    summary["backward_transfer"] = write_analysis(trainer.out, cfg.eval, phases).get(
+                        "backward_transfer")
         return summary
     finally:
         trainer.dist.close()
