@@ -167,12 +167,12 @@ def test_tiny_experiments_run_end_to_end(tmp_path, demo_assets, name):
     import sys
     src = ROOT / "configs" / "experiments" / "tiny"
     (tmp_path / "base.yaml").write_text((src / "base.yaml").read_text().replace("runs/demo/", f"{demo_assets}/"))
-    spec = (src / f"{name}.yaml").read_text()
-    short = (f'set: [train.max_steps=3, train.save_every=0, "data.cache_dir={tmp_path / "cache"}", '
-             "eval.heldout_samples=16, eval.original.limit=200, "
-             '"eval.suites.full=[conversation_ppl, original_ppl]", ')
-    spec = spec.replace("set: [", short, 1) if "set: [" in spec else spec.replace(
-        "base: base.yaml", "base: base.yaml\n" + short.rstrip(", ") + "]")
+    import yaml
+    spec = yaml.safe_load((src / f"{name}.yaml").read_text())
+    spec["set"] = spec.get("set", []) + [  # last, so they win over the experiment's own settings
+        "train.max_steps=3", "train.save_every=0", f"data.cache_dir={tmp_path / 'cache'}",
+        "eval.heldout_samples=16", "eval.original.limit=200", "eval.suites.full=[conversation_ppl, original_ppl]"]
+    spec = yaml.safe_dump(spec, sort_keys=False)
     (tmp_path / "exp.yaml").write_text(spec)
     res = subprocess.run([sys.executable, "-m", "convlearn", "sweep", str(tmp_path / "exp.yaml"), "--out",
                           str(tmp_path / "runs")], capture_output=True, text=True, timeout=900)
@@ -180,6 +180,8 @@ def test_tiny_experiments_run_end_to_end(tmp_path, demo_assets, name):
     verdicts = json.loads((tmp_path / "runs" / "report" / "verdicts.json").read_text())
     assert verdicts["runs"] == [r.name for r in load_sweep(tmp_path / "exp.yaml").runs]
     assert verdicts["hypothesis"]["statement"]
+    for run in verdicts["runs"]:  # every run got the shortening, not only the first grid point
+        assert json.loads((tmp_path / "runs" / run / "summary.json").read_text())["steps"] <= 3
 
 
 def test_topics_become_domains_of_sources_without_topics(tmp_path, tiny_models, tokenizers):
