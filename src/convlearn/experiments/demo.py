@@ -59,6 +59,8 @@ def run_demo(out: str | Path, pretrain_steps: int = 400, train_steps: int = 200)
     write_docstring_mmlu(out / "mmlu")
     print(f"[4/5] continual training on chatterbot + probe conversations: AdamW, LoRA, GaLore, GaLore + 10% "
           f"replay ({train_steps} steps each) ...", flush=True)
+    # the shortened (CI) demo also evaluates on less: fewer original documents and MMLU questions
+    quick_evals = ", eval.original.limit=600, eval.mmlu_quick_per_subject=10" if train_steps < 100 else ""
     sweep_file = out / "demo_sweep.yaml"
     base_cfg = (REPO_CONFIGS / "base.yaml").read_text().replace("runs/demo/", f"{out}/")
     (out / "base.yaml").write_text(base_cfg)
@@ -66,7 +68,7 @@ def run_demo(out: str | Path, pretrain_steps: int = 400, train_steps: int = 200)
 experiment: optimizers
 hypothesis: GaLore learns like AdamW with LoRA-like memory
 base: base.yaml
-set: [train.max_steps={train_steps}, "data.cache_dir={out / 'cache'}"]
+set: [train.max_steps={train_steps}, "data.cache_dir={out / 'cache'}"{quick_evals}]
 runs:
   - {{name: adamw, set: [method.name=adamw, train.lr=0.001]}}
   - {{name: lora-r16, set: [method.name=lora, method.lora_rank=16, method.lora_alpha=32, train.lr=0.003]}}
