@@ -97,7 +97,7 @@ class RunEvaluator:
             docs = [d for d in read_source(self.ecfg.original, DataStats(), None, False)
                     if isinstance(d, Document)]
             from ..data.hygiene import is_heldout, split_key
-            from ..train.loop import ORIGINAL_HELDOUT, replay_shares_eval_source
+            from ..train.replay import ORIGINAL_HELDOUT, replay_shares_eval_source
             if replay_shares_eval_source(self.cfg):  # never score text replay could draw (any ratio: comparable)
                 docs = [d for d in docs if is_heldout(split_key(d), ORIGINAL_HELDOUT)]
             samples = [s for group in self.renderer.render_documents(docs) for s in group]

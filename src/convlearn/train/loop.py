@@ -19,22 +19,11 @@ from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, 
 from .distributed import Dist
 from .galore import state_bytes
 from .methods import Method, build_method
+from .replay import ORIGINAL_HELDOUT, replay_shares_eval_source
 from .telemetry import Telemetry, cuda_peak_bytes, tensor_bytes
 
 # An evaluator is called as evaluator(model, step) -> scalars at the steps in evaluator.schedule ({step: suite}).
 Evaluator = Callable[[torch.nn.Module, int], dict]
-
-
-ORIGINAL_HELDOUT = 0.1  # share of a text source kept for evaluation when replay draws from the same source
-
-
-def replay_shares_eval_source(cfg) -> bool:
-    """Replay and the original-distribution evaluation read the same text: split it so they never overlap."""
-    a, b = cfg.replay.original, cfg.eval.original
-    if a is None or b is None or a.path != b.path:
-        return False
-    local = a.path in ("python-docstrings", "chatterbot") or Path(a.path).exists()
-    return local or (a.subset, a.split) == (b.subset, b.split)  # split/subset only name parts of hub datasets
 
 
 class RunStopped(Exception):
