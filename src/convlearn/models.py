@@ -44,18 +44,33 @@ class ModelSpec:
     facts: FamilyFacts
     params: str = ""        # nominal size, for tables
     context: int = 0        # maximum context the model was trained for
+    # The architecture facts of the published config.json that decide every tensor's shape, so memory can be
+    # counted at the real shape with no download (`meta_model`); tests check the parameter counts.
+    arch: dict[str, Any] = field(default_factory=dict)
 
     @property
     def family(self) -> str:
         return self.facts.family
 
 
+def _arch(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int, tied: bool,
+          **extra) -> dict[str, Any]:
+    return dict(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
+                tie_word_embeddings=tied, **extra)
+
+
 REGISTRY: dict[str, ModelSpec] = {s.hf_id: s for s in [
-    ModelSpec("Qwen/Qwen2.5-0.5B-Instruct", FAMILIES["qwen2"], "0.5B", 32768),
-    ModelSpec("Qwen/Qwen2.5-1.5B-Instruct", FAMILIES["qwen2"], "1.5B", 32768),
-    ModelSpec("meta-llama/Llama-3.2-1B-Instruct", FAMILIES["llama"], "1.2B", 131072),
-    ModelSpec("google/gemma-2-2b-it", FAMILIES["gemma2"], "2.6B", 8192),
-    ModelSpec("microsoft/Phi-3.5-mini-instruct", FAMILIES["phi3"], "3.8B", 131072),
+    ModelSpec("Qwen/Qwen2.5-0.5B-Instruct", FAMILIES["qwen2"], "0.5B", 32768, _arch(
+        896, 4864, 24, 14, 2, 151936, True)),
+    ModelSpec("Qwen/Qwen2.5-1.5B-Instruct", FAMILIES["qwen2"], "1.5B", 32768, _arch(
+        1536, 8960, 28, 12, 2, 151936, True)),
+    ModelSpec("meta-llama/Llama-3.2-1B-Instruct", FAMILIES["llama"], "1.2B", 131072, _arch(
+        2048, 8192, 16, 32, 8, 128256, True, head_dim=64)),
+    ModelSpec("google/gemma-2-2b-it", FAMILIES["gemma2"], "2.6B", 8192, _arch(
+        2304, 9216, 26, 8, 4, 256000, True, head_dim=256)),
+    ModelSpec("microsoft/Phi-3.5-mini-instruct", FAMILIES["phi3"], "3.8B", 131072, _arch(
+        3072, 8192, 32, 32, 32, 32064, False)),
 ]}
 DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
 
@@ -78,6 +93,20 @@ def _model_type(name: str, revision: str | None) -> str:
         return AutoConfig.from_pretrained(name, revision=revision).model_type
     except OSError as e:
         raise UserError(f"cannot load model config for {name!r}: {str(e).splitlines()[0]}") from None
+
+
+def meta_model(name: str, dtype=None):
+    """A registry model built from its architecture facts on the meta device: every parameter has its real
+    shape and dtype and no storage, so nothing is downloaded or allocated."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    spec = REGISTRY.get(name)
+    if spec is None or not spec.arch:
+        raise UserError(f"{name!r} has no architecture facts in the registry; known: {', '.join(REGISTRY)}")
+    config = AutoConfig.for_model(spec.family, **spec.arch)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype or torch.bfloat16,
+                                                attn_implementation=spec.facts.attn_implementation)
 
 
 def resolve_device(device: str) -> str:

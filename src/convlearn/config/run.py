@@ -135,6 +135,10 @@ class MethodConfig:
         "lowrank", "Layer-wise with train.grad_accum > 1: lowrank = project each micro-batch's gradient and "
                    "free it (memory saving survives accumulation; full gradients are kept only on "
                    "projector-refresh steps, which need them); full = accumulate full gradients as usual.")
+    embeddings: Literal["train", "project", "freeze"] = opt(
+        "train", "Input/output embedding matrices (the largest tensors at 150k-256k vocabularies): train = full "
+                 "AdamW state, as the reference; project = GaLore-project them too (galore/galore8bit; state "
+                 "vocab x rank); freeze = no gradient, no state (any full-weight method).")
     apollo_scale: float = opt(1.0, "APOLLO scale (apollo_mini uses rank 1 and its own scale).", gt=0)
 
 
@@ -313,6 +317,12 @@ class RunConfig:
     def validate(self, path: str) -> None:
         if self.method.layerwise and self.method.name != "galore":
             raise ConfigError("method.layerwise", f"is a GaLore option; method.name is {self.method.name}")
+        m = self.method
+        if m.embeddings == "project" and m.name not in ("galore", "galore8bit"):
+            raise ConfigError("method.embeddings", f"project is a GaLore option; method.name is {m.name} "
+                                                   "(use train or freeze)")
+        if m.embeddings == "freeze" and m.name == "lora":
+            raise ConfigError("method.embeddings", "freeze: LoRA already freezes every base weight")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -32,22 +32,48 @@ def _matches(name: str, targets: list[str] | tuple[str, ...]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-def galore_parameters(model: torch.nn.Module, targets) -> tuple[list, list, list[str]]:
-    """(projected, plain, projected names): 2-D weights of the target Linear modules are projected."""
+def embedding_weights(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The input embedding and the output head (one tensor when tied)."""
+    found = []
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        w = getattr(module, "weight", None)
+        if w is not None and not any(w is f for f in found):
+            found.append(w)
+    return found
+
+
+def galore_parameters(model: torch.nn.Module, targets, embeddings: str = "train") -> tuple[list, list, list[str]]:
+    """(projected, plain, projected names): 2-D weights of the target Linear modules are projected, and the
+    embedding matrices too with embeddings="project"."""
     projected, names, seen = [], [], set()
     for mod_name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and _matches(mod_name, targets) and module.weight.requires_grad:
             projected.append(module.weight)
             names.append(mod_name + ".weight")
             seen.add(id(module.weight))
+    if embeddings == "project":
+        named = {id(p): n for n, p in model.named_parameters()}
+        for w in embedding_weights(model):
+            if w.requires_grad and id(w) not in seen:
+                projected.append(w)
+                names.append(named[id(w)])
+                seen.add(id(w))
     plain = [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
     return projected, plain, names
+
+
+def freeze_embeddings(model: torch.nn.Module) -> None:
+    """`method.embeddings=freeze`: the embedding matrices get no gradient and no optimizer state."""
+    for w in embedding_weights(model):
+        w.requires_grad_(False)
 
 
 def build_method(model: torch.nn.Module, cfg, spec, device: str, seed: int = 0) -> Method:
     m, t = cfg.method, cfg.train
     targets = m.target_modules or list(spec.facts.target_modules)
     adam = dict(lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+    if m.embeddings == "freeze":  # the config refuses it for LoRA, which freezes every base weight anyway
+        freeze_embeddings(model)
     if m.name == "adamw":
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], foreach=False, **adam)
         return Method("adamw", model, opt)
@@ -61,7 +87,7 @@ def build_method(model: torch.nn.Module, cfg, spec, device: str, seed: int = 0) 
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], foreach=False, **adam)
         return Method("lora", model, opt, info={"targets": targets})
     if m.name == "galore":
-        projected, plain, names = galore_parameters(model, targets)
+        projected, plain, names = galore_parameters(model, targets, m.embeddings)
         if not projected:
             raise UserError(f"method.target_modules: no Linear weights match {targets}")
         opt = GaLoreAdamW([{"params": plain, "galore": False}, {"params": projected, "galore": True}],
@@ -76,7 +102,7 @@ def build_method(model: torch.nn.Module, cfg, spec, device: str, seed: int = 0) 
             raise UserError("method.name=galore8bit needs a CUDA GPU: bitsandbytes' 8-bit optimizer kernels "
                             "do not run on CPU (use method.name=galore on CPU)")
         from galore_torch import GaLoreAdamW8bit
-        projected, plain, _ = galore_parameters(model, targets)
+        projected, plain, _ = galore_parameters(model, targets, m.embeddings)
         opt = GaLoreAdamW8bit([{"params": plain}, {"params": projected, "rank": m.rank, "scale": m.scale,
                                                     "update_proj_gap": m.update_proj_gap,
                                                     "proj_type": m.proj_type}], **adam)
