@@ -1,11 +1,14 @@
 """Training-state memory of every method at the seed models' real shapes, counted on the meta device.
 
-    python benchmarks/memory.py [--models all|ID ...] [--json FILE]
+    python benchmarks/memory.py [--models all|ID ...] [--json FILE] [--activations --batch 1 --seq 2048]
 
 No weights are downloaded and nothing is allocated: each model is built from the registry's architecture
 facts on the meta device in bf16 (what a GPU run uses), and `convlearn.train.memory.count_memory` counts the
 bytes of weights, gradients at their peak and optimizer state (projectors included) each method holds.
-Activations are not in these figures (they depend on batch and sequence length; see BENCHMARKS.md).
+Activations are not in these figures; `--activations` measures them apart for a stated batch and sequence
+length, with and without activation checkpointing: the forward pass runs on fake tensors (no storage, no
+compute) under torch's MemTracker, which records every tensor's bytes, and the activation memory is what the
+forward leaves alive for backward (logits and the loss's fp32 upcast included).
 """
 from __future__ import annotations
 
@@ -28,6 +31,47 @@ def count_all(models: list[str], rows: dict[str, list[str]]) -> dict[str, dict[s
             targets = method.target_modules or list(spec.facts.target_modules)
             out[name][label] = count_memory(model, method, targets).as_dict()
     return out
+
+
+def activation_bytes(name: str, batch: int, seq: int, checkpointing: bool) -> int:
+    """Bytes the forward pass of a training step keeps for backward, measured on fake tensors."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+    with FakeTensorMode():
+        model = meta_free_model(name)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        model.train()
+        ids = torch.randint(0, model.config.vocab_size, (batch, seq))
+        tracker = MemTracker()
+        tracker.track_external(model)
+        with tracker:
+            before = tracker.get_tracker_snapshot("current")
+            model(input_ids=ids, labels=ids)
+            after = tracker.get_tracker_snapshot("current")
+    dev = next(iter(after))
+    return after[dev]["Total"] - before.get(dev, {}).get("Total", 0)
+
+
+def meta_free_model(name: str):
+    """The registry model built normally (under FakeTensorMode its tensors are fake: no storage)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    spec = REGISTRY[name]
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(spec.family, **spec.arch), dtype=torch.bfloat16,
+                                            attn_implementation=spec.facts.attn_implementation)
+
+
+def render_activations(acts: dict[str, dict[str, int]], batch: int, seq: int) -> str:
+    lines = [f"Activation memory of one training step (what forward keeps for backward), batch {batch} x {seq} "
+             "tokens, bf16, GB\n", "| model | no checkpointing | activation checkpointing | saved |",
+             "|---|---:|---:|---:|"]
+    for name, a in acts.items():
+        lines.append(f"| {name.split('/')[1]} | {a['plain'] / GB:.2f} | {a['checkpointing'] / GB:.2f} | "
+                     f"{1 - a['checkpointing'] / a['plain']:.0%} |")
+    return "\n".join(lines)
 
 
 def render(counts: dict[str, dict[str, dict]]) -> str:
@@ -58,13 +102,22 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="*", default=["all"])
     ap.add_argument("--json", help="also write the raw counts (bytes) here")
+    ap.add_argument("--activations", action="store_true", help="also measure activation memory (~30 s a model)")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--seq", type=int, default=2048)
     args = ap.parse_args(argv)
     models = list(REGISTRY) if args.models == ["all"] else args.models
     counts = count_all(models, {**STANDARD_METHODS, **LEVERS})
     print(render(counts))
+    result = {"counts": counts}
+    if args.activations:
+        result["activations"] = {n: {"plain": activation_bytes(n, args.batch, args.seq, False),
+                                     "checkpointing": activation_bytes(n, args.batch, args.seq, True)}
+                                 for n in models}
+        print("\n" + render_activations(result["activations"], args.batch, args.seq))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(counts, f, indent=1)
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

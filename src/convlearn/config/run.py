@@ -123,9 +123,10 @@ class MethodConfig:
     scale: float = opt(0.25, "GaLore scale applied to the projected-back update.", gt=0)
     proj_type: Literal["std", "reverse_std", "left", "right"] = opt(
         "std", "Which side GaLore projects (std: the smaller side of each matrix, as the reference).")
-    refresh: Literal["svd", "randomized", "random"] = opt(
+    refresh: Literal["svd", "randomized", "warm", "random"] = opt(
         "svd", "How a projector is refreshed: svd = full SVD of the gradient (the reference); randomized = "
-               "randomized low-rank SVD (much cheaper on large matrices); random = a random orthonormal "
+               "randomized low-rank SVD (much cheaper on large matrices); warm = randomized SVD started from "
+               "the previous projector (cheapest; use randomized_iters=1); random = a random orthonormal "
                "projection (no SVD; robust to small noisy batches).")
     randomized_oversample: int = opt(8, "randomized: extra columns beyond the rank.", ge=0)
     randomized_iters: int = opt(2, "randomized: power iterations.", ge=0)

@@ -39,12 +39,18 @@ def _orthonormal_random(rows: int, cols: int, generator: torch.Generator, device
     return q
 
 
-def _randomized_svd(mat: torch.Tensor, rank: int, oversample: int, iters: int, generator: torch.Generator):
+def _randomized_svd(mat: torch.Tensor, rank: int, oversample: int, iters: int, generator: torch.Generator,
+                    start: torch.Tensor | None = None):
     """Halko et al. range finder + SVD of the small matrix; the random test matrix comes from our generator
-    (torch.svd_lowrank would draw from the global RNG and break exact resume)."""
+    (torch.svd_lowrank would draw from the global RNG and break exact resume). `start` (n x r) seeds the
+    range finder with a previous subspace (warm start): gradients drift slowly, so one power iteration from
+    the old projector finds the new top subspace at a fraction of a full SVD's cost."""
     m, n = mat.shape
     k = min(rank + oversample, m, n)
-    omega = torch.randn(n, k, generator=generator, device=generator.device).to(mat.device, mat.dtype)
+    omega = torch.randn(n, k if start is None else max(k - start.shape[1], 0), generator=generator,
+                        device=generator.device).to(mat.device, mat.dtype)
+    if start is not None:
+        omega = torch.cat([start.to(mat.dtype), omega], dim=1)[:, :k]
     q, _ = torch.linalg.qr(mat @ omega)
     for _ in range(iters):
         q, _ = torch.linalg.qr(mat.T @ q)
@@ -54,14 +60,20 @@ def _randomized_svd(mat: torch.Tensor, rank: int, oversample: int, iters: int, g
 
 
 def compute_projector(grad: torch.Tensor, rank: int, side: str, method: str, generator: torch.Generator,
-                      oversample: int = 8, iters: int = 2) -> torch.Tensor:
+                      oversample: int = 8, iters: int = 2, previous: torch.Tensor | None = None) -> torch.Tensor:
     """The projector for one gradient: left m x r (top left singular vectors) or right r x n."""
     mat = grad if grad.dtype == torch.float32 else grad.float()
     m, n = mat.shape
-    if method == "random":
+    if method == "warm" and previous is not None:
+        # Work on the matrix whose right singular vectors we want, seeded with the old ones.
+        target = mat if side == "right" else mat.T
+        start = previous.T if side == "right" else previous
+        _, _, vh = _randomized_svd(target, rank, oversample, iters, generator, start=start)
+        out = vh[:rank, :] if side == "right" else vh[:rank, :].T
+    elif method == "random":
         p = _orthonormal_random(m if side == "left" else n, min(rank, m, n), generator, mat.device, mat.dtype)
         out = p if side == "left" else p.T
-    elif method == "randomized":
+    elif method in ("randomized", "warm"):  # warm with no previous projector: a plain randomized SVD
         u, _, vh = _randomized_svd(mat, rank, oversample, iters, generator)
         out = u[:, :rank] if side == "left" else vh[:rank, :]
     else:
@@ -107,7 +119,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
         if torch.isfinite(grad).all():
             try:
                 new = compute_projector(grad, group["rank"], side, method, self.generator, self.oversample,
-                                        self.iters)
+                                        self.iters, previous=state.get("projector"))
                 if not torch.isfinite(new).all():
                     new = None
             except (RuntimeError, torch.linalg.LinAlgError) as e:  # SVD did not converge
@@ -136,10 +148,13 @@ class GaLoreAdamW(torch.optim.Optimizer):
         proj = state["projector"]
         return proj.T @ grad if projection_side(p.shape, group["proj_type"]) == "left" else grad @ proj.T
 
-    def project_back(self, p: torch.Tensor, low: torch.Tensor, group: dict) -> torch.Tensor:
+    def apply_back(self, p: torch.Tensor, low: torch.Tensor, group: dict, alpha: float) -> None:
+        """W += alpha * scale * (P low | low P) in one addmm_: no full-size temporary, one pass over W."""
         proj = self.state[p]["projector"]
-        full = proj @ low if projection_side(p.shape, group["proj_type"]) == "left" else low @ proj
-        return full.mul_(group["scale"])
+        if projection_side(p.shape, group["proj_type"]) == "left":
+            p.addmm_(proj, low, alpha=alpha * group["scale"])
+        else:
+            p.addmm_(low, proj, alpha=alpha * group["scale"])
 
     # -- the update -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -163,12 +178,13 @@ class GaLoreAdamW(torch.optim.Optimizer):
         exp_avg.mul_(beta1).add_(g, alpha=1.0 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
         step_size = group["lr"] * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
-        norm_grad = exp_avg / exp_avg_sq.sqrt().add_(group["eps"])
+        denom = exp_avg_sq.sqrt().add_(group["eps"])
         if group["galore"]:
-            norm_grad = self.project_back(p, norm_grad, group)
-        p.add_(norm_grad, alpha=-step_size)
+            self.apply_back(p, exp_avg / denom, group, -step_size)
+        else:
+            p.addcdiv_(exp_avg, denom, value=-step_size)
         if group["weight_decay"] > 0.0:
-            p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+            p.mul_(1.0 - group["lr"] * group["weight_decay"])
 
     @torch.no_grad()
     def step(self, closure=None):

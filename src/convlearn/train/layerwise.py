@@ -14,6 +14,8 @@ Clipping: a global norm is only known after every update happened, so each tenso
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .galore import GaLoreAdamW
@@ -84,15 +86,17 @@ class LayerwiseUpdater:
             self.norm_exact = False  # the accumulated full gradient never existed
             update_from = low
         else:
-            self.norm_sq += float(grad.float().pow(2).sum())
             update_from = grad
-        if not torch.isfinite(update_from).all():
+        # One fp32 reduction and one host sync per tensor serve the norm, the finiteness check (a NaN/inf
+        # element makes the norm non-finite) and the clipping: on a GPU, syncs per tensor are what cost.
+        norm = float(torch.linalg.vector_norm(update_from, dtype=torch.float32))
+        if low is None:
+            self.norm_sq += norm * norm
+        if not math.isfinite(norm):
             self.nonfinite += 1  # leave this weight as it is; the loop counts the step as bad
         else:
-            if self.max_grad_norm is not None:
-                norm = float(update_from.float().norm())
-                if norm > self.max_grad_norm:
-                    update_from.mul_(self.max_grad_norm / (norm + 1e-6))
+            if self.max_grad_norm is not None and norm > self.max_grad_norm:
+                update_from.mul_(self.max_grad_norm / (norm + 1e-6))
             if low is not None:
                 opt.update(p, low=update_from, group=group)
             else:

@@ -117,6 +117,9 @@ class Trainer:
         self.evaluate = evaluator_factory(self) if evaluator_factory and self.dist.main else None
         self.autocast = torch.autocast(device, dtype=torch.bfloat16) if self.precision == "bf16-mixed" else None
         self.last_saved = self.state["step"] if self.ckpt else -1
+        # Where this process's wall time goes (summary.json "time"): batches, forward/backward/step, evals,
+        # checkpoints; the rest is logging and bookkeeping.
+        self.timing = {"data": 0.0, "compute": 0.0, "eval": 0.0, "checkpoint": 0.0}
 
     def _replay(self, prepare):
         """The replay mixer and the tokenized original-distribution samples it draws from (or None, None)."""
@@ -143,6 +146,7 @@ class Trainer:
         t, lw, opt = self.cfg.train, self.method.layerwise, self.method.optimizer
         started = time.perf_counter()
         micro = [self.stream.next() for _ in range(t.grad_accum) if not self.stream.done]
+        fetched = time.perf_counter()
         local_tokens = sum(int(b["loss_mask"][:, 1:].sum()) for b in micro)
         global_tokens = self.dist.sum(local_tokens)
         input_tokens = self.dist.sum(sum(int(b["attention_mask"].sum()) for b in micro))
@@ -191,10 +195,13 @@ class Trainer:
             st["skipped_steps"] += 1
             st["bad_in_row"] += 1
         elapsed = time.perf_counter() - started
+        self.timing["data"] += fetched - started
+        self.timing["compute"] += elapsed - (fetched - started)
         loss = loss_sum / global_tokens if global_tokens and finite else float("nan")
         record = {"step": st["step"], "loss": loss, "lr": lr, "grad_norm": grad_norm,
                   "tokens": st["tokens"], "loss_tokens": st["loss_tokens"],
                   "tokens_per_s": input_tokens / elapsed, "step_seconds": elapsed,
+                  "data_seconds": fetched - started,
                   "skipped_steps": st["skipped_steps"],
                   "memory": {"model_param_bytes": tensor_bytes(self.method.model.parameters()),
                              "trainable_param_bytes": tensor_bytes(self.method.trainable),
@@ -213,17 +220,20 @@ class Trainer:
         return record
 
     def _save(self) -> None:
+        started = time.perf_counter()
         if self.dist.main:
             save_checkpoint(self.out, self.state["step"], self.method, {
                 "scheduler": self.scheduler.state_dict(), "stream": self.stream.state(),
                 "counters": dict(self.state)}, self.cfg.train.keep_last)
         self.last_saved = self.state["step"]
         self.dist.barrier()
+        self.timing["checkpoint"] += time.perf_counter() - started
 
     def _eval_due(self) -> bool:
         return self.evaluate is not None and self.state["step"] in self.evaluate.schedule
 
     def _eval(self) -> None:
+        started = time.perf_counter()
         if self._eval_due():
             self.model.eval()
             with torch.no_grad():
@@ -231,11 +241,13 @@ class Trainer:
             self.model.train()
             self.telemetry.log_eval(self.state["step"], figures)
         self.dist.barrier()
+        self.timing["eval"] += time.perf_counter() - started
 
     # -- the run ---------------------------------------------------------------------------------------
     def run(self) -> dict:
         from tqdm import tqdm
         t = self.cfg.train
+        run_started = time.perf_counter()
         self.model.train()
         if self.state["step"] == 0:
             self._eval()
@@ -268,9 +280,13 @@ class Trainer:
         finally:
             bar.close()
             self.telemetry.close()
-        return self._summary(records)
+        wall = time.perf_counter() - run_started
+        timing = {f"{k}_s": round(v, 3) for k, v in self.timing.items()}
+        timing.update(wall_s=round(wall, 3), other_s=round(wall - sum(self.timing.values()), 3),
+                      outside_compute_share=round(1 - self.timing["compute"] / wall, 4) if wall else None)
+        return self._summary(records, timing)
 
-    def _summary(self, records: list[dict]) -> dict:
+    def _summary(self, records: list[dict], timing: dict) -> dict:
         good = [r for r in records if math.isfinite(r["loss"])]
         summary = {
             "method": self.method.name, "steps": self.state["step"], "tokens": self.state["tokens"],
@@ -279,7 +295,7 @@ class Trainer:
             "mean_tokens_per_s": (sum(r["tokens_per_s"] for r in records) / len(records)) if records else None,
             "peak_memory": {k: max((r["memory"][k] or 0) for r in records) for k in records[0]["memory"]}
             if records else {},
-            "world_size": self.dist.world, "precision": self.precision,
+            "world_size": self.dist.world, "precision": self.precision, "time": timing,
             **({"galore": records[-1]["galore"]} if records and "galore" in records[-1] else {}),
         }
         if self.dist.main:
