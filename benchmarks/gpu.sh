@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # GPU benchmarks at Qwen2.5-0.5B and Qwen2.5-1.5B shape, random bf16 weights, no internet, < 8 minutes:
-# peak memory (torch.cuda.max_memory_allocated), tokens/s and MFU per method (gpu_bench.py), then the
-# interleaved side-by-side speed run (speed.py). Results go to $RESULTS (default ./gpu-results).
+#  1. gpu_bench.py per shape: peak torch.cuda.max_memory_allocated, counted training state, tokens/s, MFU per
+#     method, activation memory with/without checkpointing, projector refresh cost (batch 4 x 1024);
+#  2. gpu_bench.py at 1.5B with activation checkpointing for every method, batch 1 x 2048 (where the training
+#     state, not activations, decides the peak);
+#  3. speed.py at 1.5B: the methods interleaved, 1 and 4 micro-batches per optimizer step.
+# Results: one JSON per part, summary.md (every table) and log.txt (machine facts, stderr) in $RESULTS.
 #
 #   bash benchmarks/gpu.sh                # on a GPU machine (python3 with torch + transformers + peft)
 #   DRY_RUN=1 bash benchmarks/gpu.sh      # CPU, toy sizes: checks the script end to end (the tests run this)
 #
 # galore8bit needs bitsandbytes + galore-torch; a folder of wheels in $WHEELS (default ./.whl) is installed
-# first when present (no index is reached). Each step's failure is reported and the others still run.
+# first when present (no index is reached). A part that fails or runs out of time is reported; the rest run.
 set -u
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
@@ -20,27 +24,46 @@ if [ -d "$wheels" ] && ls "$wheels"/*.whl >/dev/null 2>&1 && [ -z "${DRY_RUN:-}"
   "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/convlearn-site \
     "$wheels"/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/convlearn-site"
 fi
+big=Qwen/Qwen2.5-1.5B-Instruct
 if [ -n "${DRY_RUN:-}" ]; then
-  common=(--device cpu --dtype float32 --tiny --batch 1 --seq 16 --steps 2)
-  speed=(--device cpu --dtype float32 --batch 1 --seq 16 --reps 1 --steps 1 --refresh randomized warm)
+  mem=(--device cpu --dtype float32 --tiny --batch 1 --seq 16 --steps 2)
+  ckpt=(--device cpu --dtype float32 --tiny --batch 1 --seq 32 --steps 2 --checkpointing)
+  speed=(--device cpu --dtype float32 --tiny --batch 1 --seq 16 --reps 1 --steps 1 --refresh randomized warm)
   shapes=(Qwen/Qwen2.5-0.5B-Instruct)
-  speed_shape=(--shape Qwen/Qwen2.5-0.5B-Instruct --tiny)
+  big=Qwen/Qwen2.5-0.5B-Instruct
+  limits=(120 120 120 120 120)
 else
-  common=(--batch 4 --seq 1024 --steps 5 --budget 150)
-  speed=(--device cuda --dtype bfloat16 --batch 4 --seq 1024 --reps 3 --steps 4 --refresh randomized warm)
-  shapes=(Qwen/Qwen2.5-0.5B-Instruct Qwen/Qwen2.5-1.5B-Instruct)
-  speed_shape=(--shape Qwen/Qwen2.5-1.5B-Instruct)
+  mem=(--batch 4 --seq 1024 --steps 4 --budget 60)
+  ckpt=(--batch 1 --seq 2048 --steps 4 --budget 60 --checkpointing --methods adamw "lora r=64" "galore r=128"
+        "galore r=128 layer-wise" "layer-wise r=128 + embeddings projected" "layer-wise r=128 + embeddings frozen"
+        "galore8bit r=128")
+  speed=(--device cuda --dtype bfloat16 --batch 4 --seq 1024 --reps 2 --steps 3 --refresh randomized warm)
+  shapes=(Qwen/Qwen2.5-0.5B-Instruct "$big")
+  limits=(80 100 80 80 110)
 fi
 status=0
+log="$results/log.txt"
+summary="$results/summary.md"
+: > "$summary"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"; \
   "$py" -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', \
-transformers.__version__, 'peft', peft.__version__)"; } > "$results/machine.txt" 2>&1
-cat "$results/machine.txt"
+transformers.__version__, 'peft', peft.__version__)"; } > "$log" 2>&1
+cat "$log"
+
+part() {  # part LIMIT_S NAME COMMAND...: run one part, its tables into summary.md, its stderr into log.txt
+  local limit=$1 name=$2; shift 2
+  echo "== $name ($(date -u +%H:%M:%S))" | tee -a "$log"
+  timeout "$limit" "$@" --json "$results/$name.json" 2>>"$log" | tee -a "$summary" \
+    || { status=1; echo "== $name failed or ran out of its $limit s" | tee -a "$log"; tail -5 "$log"; }
+  echo >> "$summary"
+}
+i=0
 for shape in "${shapes[@]}"; do
-  name="$(basename "$shape")"
-  timeout 200 "$py" "$here/gpu_bench.py" --shape "$shape" "${common[@]}" --json "$results/memory-$name.json" \
-    2>"$results/memory-$name.err" | tee "$results/memory-$name.md" || { status=1; tail -5 "$results/memory-$name.err"; }
+  part "${limits[$i]}" "memory-$(basename "$shape")" "$py" "$here/gpu_bench.py" --shape "$shape" "${mem[@]}"
+  i=$((i + 1))
 done
-timeout 150 "$py" "$here/speed.py" "${speed[@]}" "${speed_shape[@]}" --json "$results/speed.json" \
-  2>"$results/speed.err" | tee "$results/speed.md" || { status=1; tail -5 "$results/speed.err"; }
+part "${limits[2]}" "memory-checkpointing-$(basename "$big")" "$py" "$here/gpu_bench.py" --shape "$big" "${ckpt[@]}"
+part "${limits[3]}" speed "$py" "$here/speed.py" --shape "$big" "${speed[@]}"
+part "${limits[4]}" speed-accum4 "$py" "$here/speed.py" --shape "$big" "${speed[@]}" --accum 4
+echo "== done ($(date -u +%H:%M:%S))" | tee -a "$log"
 exit $status

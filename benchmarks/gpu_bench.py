@@ -77,7 +77,8 @@ def measure_method(label: str, overrides: list[str], args, dtype, batches) -> di
     from convlearn.train.batches import token_losses
     from convlearn.train.memory import count_memory
     from convlearn.train.methods import build_method
-    cfg = load_config(None, overrides + ["train.lr=1e-5", "method.refresh=randomized"])
+    extra = ["train.activation_checkpointing=true"] if args.checkpointing else []
+    cfg = load_config(None, overrides + extra + ["train.lr=1e-5", "method.refresh=randomized"])
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     model, spec = build(args.shape, dtype, args.device, args.tiny)
@@ -136,19 +137,30 @@ def activations(args, dtype, batch) -> dict:
 
 
 def refresh_times(args, dtype) -> dict:
-    from convlearn.train.galore import compute_projector
-    model, _ = build(args.shape, dtype, args.device, args.tiny)
-    w = max((m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)), key=lambda t: t.numel())
-    grad = torch.randn(w.shape, device=args.device, dtype=dtype)
-    out = {"shape": list(w.shape)}
-    for kind in ("svd", "randomized"):
+    """Seconds of one refresh of every projected weight, per refresh method: one weight of each distinct shape
+    is timed (after a warm-up) and multiplied by how many weights have that shape."""
+    from collections import Counter
+
+    from convlearn.train.galore import compute_projector, projection_side
+    from convlearn.train.methods import galore_parameters
+    model, spec = build(args.shape, dtype, args.device, args.tiny)
+    projected, _, _ = galore_parameters(model, list(spec.facts.target_modules))
+    shapes = Counter(tuple(p.shape) for p in projected)
+    del model, projected
+    out: dict = {"shapes": {f"{m}x{n}": c for (m, n), c in shapes.items()}}
+    totals = dict.fromkeys(("svd", "randomized", "warm"), 0.0)
+    for (m, n), count in shapes.items():
+        grad = torch.randn(m, n, device=args.device, dtype=dtype)
+        side = projection_side(torch.Size((m, n)), "std")
         g = torch.Generator(device=args.device).manual_seed(0)
-        compute_projector(grad, 128, "right", kind, g)  # warm-up (library load)
-        sync(args.device)
-        t0 = time.perf_counter()
-        compute_projector(grad, 128, "right", kind, g)
-        sync(args.device)
-        out[kind + "_s"] = time.perf_counter() - t0
+        previous = compute_projector(grad, 128, side, "svd", g)  # also the warm-up
+        for kind, iters in (("svd", 2), ("randomized", 2), ("warm", 1)):
+            sync(args.device)
+            t0 = time.perf_counter()
+            compute_projector(grad, 128, side, kind, g, iters=iters, previous=previous)
+            sync(args.device)
+            totals[kind] += count * (time.perf_counter() - t0)
+    out.update({f"{k}_s": v for k, v in totals.items()})
     return out
 
 
@@ -163,6 +175,7 @@ def main(argv=None) -> None:
     ap.add_argument("--tiny", action="store_true", help="dry run: toy sizes of the family's architecture")
     ap.add_argument("--methods", nargs="*", help=f"a subset of: {', '.join(ROWS)}")
     ap.add_argument("--json")
+    ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing for every method")
     ap.add_argument("--budget", type=float, default=1e9, help="seconds; methods not started by then are skipped")
     args = ap.parse_args(argv)
     dtype = getattr(torch, args.dtype)
@@ -175,6 +188,7 @@ def main(argv=None) -> None:
         batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids),
                         "loss_mask": torch.ones_like(ids).bool()})
     res = {"shape": args.shape, "card": card, "peak_flops": peak, "batch": args.batch, "seq": args.seq,
+           "checkpointing": args.checkpointing,
            "dtype": args.dtype, "torch": torch.__version__, "methods": {}}
     rows = {k: ROWS[k] for k in args.methods} if args.methods else ROWS
     started = time.perf_counter()
@@ -200,7 +214,7 @@ def render(res: dict) -> str:
     ok = {k: v for k, v in res["methods"].items() if "error" not in v}
     base = ok.get("adamw")
     lines = [f"{res['shape']} ({res['card']}, torch {res['torch']}), {res['dtype']}, batch {res['batch']} x "
-             f"{res['seq']}\n", "| method | peak allocated GB | vs adamw | counted weights+grads+state GB | vs adamw | s/step | "
+             f"{res['seq']}{', activation checkpointing for all' if res.get('checkpointing') else ''}\n", "| method | peak allocated GB | vs adamw | counted weights+grads+state GB | vs adamw | s/step | "
              "tokens/s | speed vs adamw | MFU |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, r in res["methods"].items():
         if "error" in r:
@@ -216,8 +230,9 @@ def render(res: dict) -> str:
             f"{'-' if mfu is None else f'{mfu:.1%}'} |")
     a, rf = res["activations"], res["refresh"]
     lines.append(f"\nActivations kept for backward: {a['plain'] / gb:.2f} GB, with activation checkpointing "
-                 f"{a['checkpointing'] / gb:.2f} GB. One projector refresh of a {rf['shape']} weight: full SVD "
-                 f"{rf['svd_s']:.3f} s, randomized {rf['randomized_s']:.3f} s.")
+                 f"{a['checkpointing'] / gb:.2f} GB. Refreshing every projector once (rank 128; weights "
+                 f"{rf['shapes']}): full SVD {rf['svd_s']:.2f} s, randomized {rf['randomized_s']:.2f} s, warm "
+                 f"{rf['warm_s']:.2f} s.")
     return "\n".join(lines)
 
 

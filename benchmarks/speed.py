@@ -1,6 +1,6 @@
 """Step speed of the training methods, side by side, with the projector-refresh cost apart.
 
-    python benchmarks/speed.py [--reps 4] [--steps 3] [--batch 4] [--seq 512] [--gaps 200 50]
+    python benchmarks/speed.py [--reps 4] [--steps 3] [--batch 4] [--seq 512] [--accum 1] [--gaps 200 50]
 
 One process, one ~34 M-parameter Qwen2-shaped model (random weights, fp32, CPU), one copy per method from the
 same initial weights, the same batches. Methods run interleaved (A B C … A B C …, `--reps` rounds of
@@ -66,11 +66,11 @@ def build_model(shape: str | None, dtype, device: str, tiny: bool = False):
 class Runner:
     """One method on its own copy of the model, stepping exactly as the training loop does."""
 
-    def __init__(self, label: str, overrides: list[str], model, spec, device: str, gap: int):
+    def __init__(self, label: str, overrides: list[str], model, spec, device: str, gap: int, accum: int = 1):
         from convlearn.config import load_config
         from convlearn.train.methods import build_method
         cfg = load_config(None, overrides + ["train.lr=1e-5", f"method.update_proj_gap={gap}"])
-        self.label, self.device = label, device
+        self.label, self.device, self.accum = label, device, accum
         self.method = build_method(model, cfg, spec, "cuda" if device.startswith("cuda") else "cpu")
         self.times: list[float] = []
 
@@ -80,9 +80,12 @@ class Runner:
         sync(self.device)
         t0 = time.perf_counter()
         if m.layerwise is not None:
-            m.layerwise.begin_step(1)
-        s, n = token_losses(m.model, batch)
-        (s / n).backward()
+            m.layerwise.begin_step(self.accum)
+        for i in range(self.accum):  # micro-batches of one optimizer step (the same batch: timing only)
+            if m.layerwise is not None:
+                m.layerwise.begin_micro(i)
+            s, n = token_losses(m.model, batch)
+            (s / n / self.accum).backward()
         if m.layerwise is None:
             torch.nn.utils.clip_grad_norm_(m.trainable, 1.0)
             m.optimizer.step()
@@ -133,13 +136,13 @@ def run(args) -> dict:
     for label, overrides in rows.items():
         model, _ = build_model(args.shape, dtype, args.device, args.tiny)
         model.load_state_dict(initial)
-        r = Runner(label, overrides, model, spec, args.device, gap=10 ** 6)
+        r = Runner(label, overrides, model, spec, args.device, gap=10 ** 6, accum=args.accum)
         r.step(batches[0])  # warm-up: allocation of state, first projector
         runners.append(r)
     for rep in range(args.reps):
         for r in runners:
             r.times += [r.step(b) for b in batches]
-    out = {"params": params, "batch": args.batch, "seq": args.seq, "device": args.device, "dtype": args.dtype,
+    out = {"params": params, "batch": args.batch, "seq": args.seq, "accum": args.accum, "device": args.device, "dtype": args.dtype,
            "shape": args.shape or "qwen2-34m", "refresh": args.refresh, "methods": {}}
     for r in runners:
         out["methods"][r.label] = {"step_s": statistics.median(r.times), "steps": len(r.times),
@@ -149,11 +152,12 @@ def run(args) -> dict:
 
 
 def render(res: dict, gaps: list[int]) -> str:
-    tokens = res["batch"] * res["seq"]
+    accum = res.get("accum", 1)
+    tokens = res["batch"] * res["seq"] * accum
     base = res["methods"]["adamw"]["step_s"]
     kinds = res["refresh"]
     lines = [f"{res['shape']}, {res['params'] / 1e6:.1f} M parameters, {res['dtype']} on {res['device']}, batch "
-             f"{res['batch']} x {res['seq']} tokens; medians of {res['methods']['adamw']['steps']} interleaved "
+             f"{res['batch']} x {res['seq']} tokens x {accum} micro-batches per step; medians of {res['methods']['adamw']['steps']} interleaved "
              "steps per method\n",
              f"| method | s/step | tokens/s | speed vs adamw, no refresh | one refresh s: {' / '.join(kinds)} | "
              + " | ".join(f"gap {g}: refresh share | gap {g}: speed vs adamw" for g in gaps)
@@ -178,6 +182,7 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--accum", type=int, default=1, help="micro-batches per optimizer step (train.grad_accum)")
     ap.add_argument("--gaps", type=int, nargs="*", default=[200, 50])
     ap.add_argument("--methods", nargs="*", help=f"a subset of: {', '.join(ROWS)}")
     ap.add_argument("--device", default="cpu")
