@@ -20,6 +20,7 @@ import argparse
 import gc
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -202,7 +203,7 @@ def main(argv=None) -> None:
                 res["methods"][label] = measure_method(label, overrides, args, dtype, batches)
             except Exception as e:  # one method failing (e.g. bitsandbytes missing) must not lose the others
                 res["methods"][label] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
-        print(label, json.dumps(res["methods"][label]), flush=True)
+        print(label, json.dumps(res["methods"][label]), file=sys.stderr, flush=True)  # progress, in the log
         if args.json:  # after every method, so a run stopped at its time limit keeps what it measured
             with open(args.json, "w") as f:
                 json.dump(res, f, indent=1)
@@ -214,7 +215,8 @@ def render(res: dict) -> str:
     ok = {k: v for k, v in res["methods"].items() if "error" not in v}
     base = ok.get("adamw")
     lines = [f"{res['shape']} ({res['card']}, torch {res['torch']}), {res['dtype']}, batch {res['batch']} x "
-             f"{res['seq']}{', activation checkpointing for all' if res.get('checkpointing') else ''}\n", "| method | peak allocated GB | vs adamw | counted weights+grads+state GB | vs adamw | s/step | "
+             f"{res['seq']}{', activation checkpointing for all' if res.get('checkpointing') else ''}\n",
+             "| method | peak allocated GB | vs adamw | counted weights+grads+state GB | vs adamw | s/step | "
              "tokens/s | speed vs adamw | MFU |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, r in res["methods"].items():
         if "error" in r:

@@ -8,7 +8,8 @@ bytes of weights, gradients at their peak and optimizer state (projectors includ
 Activations are not in these figures; `--activations` measures them apart for a stated batch and sequence
 length, with and without activation checkpointing: the forward pass runs on fake tensors (no storage, no
 compute) under torch's MemTracker, which records every tensor's bytes, and the activation memory is what the
-forward leaves alive for backward (logits and the loss's fp32 upcast included).
+forward leaves alive for backward (the loss's fp32 log-probabilities included), through the training loop's own
+loss, as benchmarks/gpu_bench.py measures it on a GPU.
 """
 from __future__ import annotations
 
@@ -49,8 +50,14 @@ def activation_bytes(name: str, batch: int, seq: int, checkpointing: bool) -> in
         tracker.track_external(model)
         with tracker:
             before = tracker.get_tracker_snapshot("current")
-            model(input_ids=ids, labels=ids)
+            # train.batches.token_losses with every token in the loss mask (a boolean-mask index has a
+            # data-dependent shape, which fake tensors cannot carry; the copy it makes is the same size)
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+            loss = torch.nn.functional.cross_entropy(logits, ids[:, 1:].reshape(-1), reduction="sum")
+            del logits
             after = tracker.get_tracker_snapshot("current")
+            del loss
     dev = next(iter(after))
     return after[dev]["Total"] - before.get(dev, {}).get("Total", 0)
 

@@ -142,8 +142,8 @@ def run(args) -> dict:
     for rep in range(args.reps):
         for r in runners:
             r.times += [r.step(b) for b in batches]
-    out = {"params": params, "batch": args.batch, "seq": args.seq, "accum": args.accum, "device": args.device, "dtype": args.dtype,
-           "shape": args.shape or "qwen2-34m", "refresh": args.refresh, "methods": {}}
+    out = {"params": params, "batch": args.batch, "seq": args.seq, "accum": args.accum, "device": args.device,
+           "dtype": args.dtype, "shape": args.shape or "qwen2-34m", "refresh": args.refresh, "methods": {}}
     for r in runners:
         out["methods"][r.label] = {"step_s": statistics.median(r.times), "steps": len(r.times),
                                    **{f"refresh_{kind}_s": r.refresh_seconds(batches[0], kind, REFRESH[kind])
@@ -157,8 +157,8 @@ def render(res: dict, gaps: list[int]) -> str:
     base = res["methods"]["adamw"]["step_s"]
     kinds = res["refresh"]
     lines = [f"{res['shape']}, {res['params'] / 1e6:.1f} M parameters, {res['dtype']} on {res['device']}, batch "
-             f"{res['batch']} x {res['seq']} tokens x {accum} micro-batches per step; medians of {res['methods']['adamw']['steps']} interleaved "
-             "steps per method\n",
+             f"{res['batch']} x {res['seq']} tokens x {accum} micro-batches per step; medians of "
+             f"{res['methods']['adamw']['steps']} interleaved steps per method\n",
              f"| method | s/step | tokens/s | speed vs adamw, no refresh | one refresh s: {' / '.join(kinds)} | "
              + " | ".join(f"gap {g}: refresh share | gap {g}: speed vs adamw" for g in gaps)
              + " |", "|---|---:|---:|---:|---:|" + "---:|---:|" * len(gaps)]

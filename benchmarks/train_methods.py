@@ -7,6 +7,10 @@ through the same build_method + forward/backward/clip/step the training loop use
 step time and its ratio to adamw, tokens/s, and the counted bytes of trainable weights, gradients held at
 peak and optimizer state (projectors included), with ratios to adamw, plus the measured peak RSS growth.
 The first GaLore step (projector SVD) is reported separately from the median.
+
+Accounting check: each method's counted training state (train/memory.py, from shapes alone) beside what the
+process really grew by (peak RSS after the model was built), both as differences to adamw: activations and
+the allocator's own overhead are the same for every method and cancel, so the two differences should agree.
 """
 from __future__ import annotations
 
@@ -63,12 +67,18 @@ def worker(name: str, steps: int, batch: int, seq: int) -> dict:
             grad_peak = max(grad_peak, method.layerwise.grad_bytes_peak)
         method.optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
+    from convlearn.train.memory import count_memory
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with torch.device("meta"):  # shapes only: counting allocates nothing
+        shape_only = Qwen2ForCausalLM(Qwen2Config(**SHAPE))
+    counted = count_memory(shape_only, cfg.method, list(FAMILIES["qwen2"].target_modules))
     return {"first_step_s": times[0], "step_s": statistics.median(times[1:]),
+            "counted_grads_state_mb": (counted.grads + counted.state) / 2**20,
             "tokens_per_s": batch * seq / statistics.median(times[1:]),
             "params": sum(p.numel() for p in model.parameters()),
             "trainable_bytes": tensor_bytes(method.trainable), "grad_peak_bytes": grad_peak,
             "optimizer_state_bytes": state_bytes(method.optimizer),
-            "rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_model) / 1024}
+            "rss_growth_mb": (rss - rss_model) / 1024}
 
 
 def main(argv=None) -> None:
@@ -108,6 +118,15 @@ def main(argv=None) -> None:
               f"{r['optimizer_state_bytes'] / base['optimizer_state_bytes']:.2f} | "
               f"{r['grad_peak_bytes'] / 2**20:.1f} | {r['grad_peak_bytes'] / base['grad_peak_bytes']:.2f} | "
               f"{total(r) / total(base):.2f} | {r['rss_growth_mb']:.0f} |")
+    print("\nAccounting check: gradients + optimizer state counted from shapes vs peak RSS growth, both as the "
+          "difference to adamw (MB)\n")
+    print("| method | counted difference | measured RSS difference | gap, as a share of adamw's counted total |")
+    print("|---|---:|---:|---:|")
+    base_total = base["counted_grads_state_mb"] + weights / 2**20
+    for m, r in med.items():
+        counted = r["counted_grads_state_mb"] - base["counted_grads_state_mb"]
+        measured = r["rss_growth_mb"] - base["rss_growth_mb"]
+        print(f"| {m} | {counted:+.0f} | {measured:+.0f} | {abs(measured - counted) / base_total:.1%} |")
 
 
 if __name__ == "__main__":

@@ -146,3 +146,12 @@ def test_the_levers_reach_their_ratios_at_qwen25_15b_shape():
     assert round(total(STANDARD_METHODS["galore r=128 layer-wise"]) / base, 2) == 0.41
     assert round(total(LEVERS["layer-wise r=128 + embeddings projected"]) / base, 2) == 0.34
     assert total(LEVERS["layer-wise r=128 + embeddings frozen"]) / base <= 0.30
+
+
+def test_embedding_choices_that_make_no_sense_name_the_key():
+    from convlearn.errors import ConfigError
+    for bad in (["method.name=adamw", "method.embeddings=project"],
+                ["method.name=lora", "method.embeddings=freeze"]):
+        with pytest.raises(ConfigError) as e:
+            load_config(None, bad)
+        assert e.value.path == "method.embeddings"

@@ -79,6 +79,11 @@ def test_every_method_learns_from_the_same_start(runs):
         assert start["tokens"] == end["tokens"] > 0 and end["bits_per_byte"] > 0
         summary = json.loads((out / "summary.json").read_text())
         assert summary["steps"] == 16 and summary["skipped_steps"] == 0 and summary["method"] in name
+        t = summary["time"]  # where the wall time went: parts add up to the whole
+        assert t["compute_s"] > 0 and t["data_s"] > 0 and t["eval_s"] > 0 and t["checkpoint_s"] > 0
+        parts = t["data_s"] + t["compute_s"] + t["eval_s"] + t["checkpoint_s"] + t["other_s"]
+        assert parts == pytest.approx(t["wall_s"], abs=0.01) and 0 < t["outside_compute_share"] < 1
+        assert all(r["data_seconds"] < r["step_seconds"] for r in m)
         assert any((out / "tb").iterdir())  # TensorBoard events
         for r in m:
             assert {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "skipped_steps"} <= set(r)

@@ -22,6 +22,7 @@ import time
 import torch
 
 log = logging.getLogger(__name__)
+FOREACH_CHUNK = 16  # tensors updated per foreach call in `step`
 
 
 def projection_side(shape: torch.Size, proj_type: str) -> str:
@@ -193,8 +194,9 @@ class GaLoreAdamW(torch.optim.Optimizer):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            if params:
-                self._update_group(params, group)
+            # in chunks: foreach temporaries (square roots, projected gradients) exist for one chunk at a time
+            for i in range(0, len(params), FOREACH_CHUNK):
+                self._update_group(params[i:i + FOREACH_CHUNK], group)
         return loss
 
     def _update_group(self, params: list[torch.Tensor], group: dict) -> None:
