@@ -158,7 +158,8 @@ def render(res: dict, gaps: list[int]) -> str:
     kinds = res["refresh"]
     lines = [f"{res['shape']}, {res['params'] / 1e6:.1f} M parameters, {res['dtype']} on {res['device']}, batch "
              f"{res['batch']} x {res['seq']} tokens x {accum} micro-batches per step; medians of "
-             f"{res['methods']['adamw']['steps']} interleaved steps per method\n",
+             f"{res['methods']['adamw']['steps']} interleaved steps per method; refreshes per 1,000 steps: "
+             + ", ".join(f"{1000 / g:g} at gap {g}" for g in gaps) + "\n",
              f"| method | s/step | tokens/s | speed vs adamw, no refresh | one refresh s: {' / '.join(kinds)} | "
              + " | ".join(f"gap {g}: refresh share | gap {g}: speed vs adamw" for g in gaps)
              + " |", "|---|---:|---:|---:|---:|" + "---:|---:|" * len(gaps)]
