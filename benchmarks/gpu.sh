@@ -37,7 +37,7 @@ else
   mem=(--batch 4 --seq 1024 --steps 4 --budget 60)
   ckpt=(--batch 1 --seq 2048 --steps 4 --budget 60 --checkpointing --methods adamw "lora r=64" "galore r=128"
         "galore r=128 layer-wise" "layer-wise r=128 + embeddings projected" "layer-wise r=128 + embeddings frozen"
-        "galore8bit r=128")
+        "layer-wise r=128 + embeddings frozen + chunked loss" "galore8bit r=128")
   speed=(--device cuda --dtype bfloat16 --batch 4 --seq 1024 --reps 2 --steps 3 --refresh randomized warm)
   shapes=(Qwen/Qwen2.5-0.5B-Instruct "$big")
   limits=(80 100 80 120 150)  # seconds; measured on an H200: 48, 60, 54, >80 (speed), ~110 (accum 4)

@@ -36,6 +36,9 @@ ROWS = {
                                                 "method.embeddings=project"],
     "layer-wise r=128 + embeddings frozen": ["method.name=galore", "method.rank=128", "method.layerwise=true",
                                              "method.embeddings=freeze"],
+    "layer-wise r=128 + embeddings frozen + chunked loss": [
+        "method.name=galore", "method.rank=128", "method.layerwise=true", "method.embeddings=freeze",
+        "train.loss_chunk_tokens=1024"],
     "galore8bit r=128": ["method.name=galore8bit", "method.rank=128"],  # last: its library refreshes by full SVD
 }
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense, datasheet
@@ -97,7 +100,7 @@ def measure_method(label: str, overrides: list[str], args, dtype, batches) -> di
         t0 = time.perf_counter()
         if method.layerwise is not None:
             method.layerwise.begin_step(1)
-        s, n = token_losses(method.model, batch)
+        s, n = token_losses(method.model, batch, chunk_tokens=cfg.train.loss_chunk_tokens)
         (s / n).backward()
         if method.layerwise is None:
             torch.nn.utils.clip_grad_norm_(method.trainable, 1.0)

@@ -20,6 +20,7 @@ from convlearn.models import REGISTRY, meta_model
 from convlearn.train.memory import LEVERS, STANDARD_METHODS, count_memory, method_config
 
 GB = 1e9
+LOSS_CHUNK = 1024  # train.loss_chunk_tokens measured beside checkpointing
 
 
 def count_all(models: list[str], rows: dict[str, list[str]]) -> dict[str, dict[str, dict]]:
@@ -34,11 +35,13 @@ def count_all(models: list[str], rows: dict[str, list[str]]) -> dict[str, dict[s
     return out
 
 
-def activation_bytes(name: str, batch: int, seq: int, checkpointing: bool) -> int:
+def activation_bytes(name: str, batch: int, seq: int, checkpointing: bool, loss_chunk: int = 0) -> int:
     """Bytes the forward pass of a training step keeps for backward, measured on fake tensors."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
+
+    from convlearn.train.batches import chunked_cross_entropy
     with FakeTensorMode():
         model = meta_free_model(name)
         if checkpointing:
@@ -52,10 +55,17 @@ def activation_bytes(name: str, batch: int, seq: int, checkpointing: bool) -> in
             before = tracker.get_tracker_snapshot("current")
             # train.batches.token_losses with every token in the loss mask (a boolean-mask index has a
             # data-dependent shape, which fake tensors cannot carry; the copy it makes is the same size)
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-            logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-            loss = torch.nn.functional.cross_entropy(logits, ids[:, 1:].reshape(-1), reduction="sum")
-            del logits
+            if loss_chunk:  # train.loss_chunk_tokens: the same code path as token_losses
+                out = model(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True,
+                            logits_to_keep=1)
+                hidden = out.hidden_states[-1][:, :-1].reshape(-1, model.config.hidden_size)
+                loss = chunked_cross_entropy(hidden, ids[:, 1:].reshape(-1), model, loss_chunk)
+                del out, hidden
+            else:
+                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+                logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+                loss = torch.nn.functional.cross_entropy(logits, ids[:, 1:].reshape(-1), reduction="sum")
+                del logits
             after = tracker.get_tracker_snapshot("current")
             del loss
     dev = next(iter(after))
@@ -73,11 +83,12 @@ def meta_free_model(name: str):
 
 def render_activations(acts: dict[str, dict[str, int]], batch: int, seq: int) -> str:
     lines = [f"Activation memory of one training step (what forward keeps for backward), batch {batch} x {seq} "
-             "tokens, bf16, GB\n", "| model | no checkpointing | activation checkpointing | saved |",
-             "|---|---:|---:|---:|"]
+             "tokens, bf16, GB\n", "| model | no checkpointing | activation checkpointing | saved | checkpointing "
+             f"+ loss in chunks of {LOSS_CHUNK} tokens | saved |", "|---|---:|---:|---:|---:|---:|"]
     for name, a in acts.items():
         lines.append(f"| {name.split('/')[1]} | {a['plain'] / GB:.2f} | {a['checkpointing'] / GB:.2f} | "
-                     f"{1 - a['checkpointing'] / a['plain']:.0%} |")
+                     f"{1 - a['checkpointing'] / a['plain']:.0%} | {a['chunked'] / GB:.2f} | "
+                     f"{1 - a['chunked'] / a['plain']:.0%} |")
     return "\n".join(lines)
 
 
@@ -119,7 +130,8 @@ def main(argv=None) -> None:
     result = {"counts": counts}
     if args.activations:
         result["activations"] = {n: {"plain": activation_bytes(n, args.batch, args.seq, False),
-                                     "checkpointing": activation_bytes(n, args.batch, args.seq, True)}
+                                     "checkpointing": activation_bytes(n, args.batch, args.seq, True),
+                                     "chunked": activation_bytes(n, args.batch, args.seq, True, LOSS_CHUNK)}
                                  for n in models}
         print("\n" + render_activations(result["activations"], args.batch, args.seq))
     if args.json:

@@ -155,3 +155,26 @@ def test_embedding_choices_that_make_no_sense_name_the_key():
         with pytest.raises(ConfigError) as e:
             load_config(None, bad)
         assert e.value.path == "method.embeddings"
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "gemma2", "phi3"])
+def test_chunked_loss_equals_the_whole_loss_and_its_gradients(tiny_models, arch):
+    """train.loss_chunk_tokens: same loss and same gradients (the head's included), whatever the chunk size;
+    Gemma-2's logit softcapping is applied in the chunks too."""
+    from convlearn.train.batches import token_losses
+    model = load_model(str(tiny_models[arch]), dtype="float32", device="cpu")
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (3, 20), generator=g)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "loss_mask": torch.rand(3, 20, generator=g) > 0.3}
+    results = []
+    for chunk in (0, 7):
+        model.zero_grad(set_to_none=True)
+        s, n = token_losses(model, batch, chunk_tokens=chunk)
+        s.backward()
+        results.append((float(s), n, {k: p.grad.clone() for k, p in model.named_parameters()}))
+    (whole, n0, g0), (chunked, n1, g1) = results
+    assert n0 == n1 == int(batch["loss_mask"][:, 1:].sum())
+    assert chunked == pytest.approx(whole, rel=1e-5)
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-4, atol=1e-5)

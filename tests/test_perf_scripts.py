@@ -16,11 +16,11 @@ def test_gpu_script_dry_run_on_cpu_writes_every_result(tmp_path):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     res = json.loads((tmp_path / "memory-Qwen2.5-0.5B-Instruct.json").read_text())
     rows = res["methods"]
-    assert len(rows) == 9
+    assert len(rows) == 10
     # bitsandbytes' 8-bit optimizer needs CUDA: that row reports why it failed, the others ran.
     assert "needs a CUDA GPU" in rows["galore8bit r=128"]["error"]
     ok = {k: v for k, v in rows.items() if "error" not in v}
-    assert len(ok) == 8 and all(v["step_s"] > 0 and v["counted"]["total"] > 0 for v in ok.values())
+    assert len(ok) == 9 and all(v["step_s"] > 0 and v["counted"]["total"] > 0 for v in ok.values())
     # The dry run's model is the real Qwen2 architecture at toy size: layer-wise holds less than AdamW.
     assert ok["galore r=128 layer-wise"]["counted"]["total"] < ok["adamw"]["counted"]["total"]
     assert res["activations"]["checkpointing"] == 0  # no CUDA memory counters on the CPU
@@ -35,7 +35,7 @@ def test_gpu_script_dry_run_on_cpu_writes_every_result(tmp_path):
     accum = json.loads((tmp_path / "speed-accum4.json").read_text())
     assert accum["accum"] == 4 and set(accum["methods"]) == set(speed["methods"])
     ckpt = json.loads((tmp_path / "memory-checkpointing-Qwen2.5-0.5B-Instruct.json").read_text())
-    assert ckpt["checkpointing"] is True and len(ckpt["methods"]) == 9
+    assert ckpt["checkpointing"] is True and len(ckpt["methods"]) == 10
     summary = (tmp_path / "summary.md").read_text()
     assert summary.count("| galore r=128 layer-wise |") == 4  # two memory tables, two speed tables
     assert "torch" in (tmp_path / "log.txt").read_text() and "failed" not in (tmp_path / "log.txt").read_text()

@@ -167,6 +167,10 @@ class TrainConfig:
                     "appearance (topic shifts for the online experiment).")
     single_pass: bool = opt(False, "Stop once every training sample was trained on once (online mode).")
     activation_checkpointing: bool = opt(False, "Recompute activations in backward (less memory, ~30% slower).")
+    loss_chunk_tokens: int = opt(0, "> 0: compute the output head and the loss this many tokens at a time, "
+                                    "recomputed in backward, so the fp32 logits (tokens x vocabulary) never all "
+                                    "exist; 0 = all at once. 1024 is a good start at 150k-256k vocabularies.",
+                                 ge=0)
     save_every: int = opt(500, "Checkpoint every N steps (and at the end); 0 = only at the end.", ge=0)
     keep_last: int = opt(2, "Checkpoints to keep.", ge=1)
     max_bad_steps: int = opt(5, "Stop after this many non-finite steps in a row (a checkpoint of the last "

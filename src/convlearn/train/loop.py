@@ -157,7 +157,7 @@ class Trainer:
             if lw is not None:
                 lw.begin_micro(i)
             with self.dist.no_sync(self.model, last=i == len(micro) - 1):
-                s, _ = token_losses(self.model, batch, self.autocast)
+                s, _ = token_losses(self.model, batch, self.autocast, t.loss_chunk_tokens)
                 if not torch.isfinite(s):
                     finite = False
                     break
