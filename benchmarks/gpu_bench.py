@@ -25,21 +25,18 @@ import time
 
 import torch
 
+from convlearn.train.memory import LEVERS, STANDARD_METHODS
+
+# The memory table's methods and levers (APOLLO, an optional CC-BY-NC extra, is not carried to the GPU), plus
+# activation checkpointing and the chunked loss; galore8bit last: its library refreshes by full SVD (slow).
 ROWS = {
-    "adamw": ["method.name=adamw"],
-    "adamw + activation checkpointing": ["method.name=adamw", "train.activation_checkpointing=true"],
-    "lora r=64": ["method.name=lora", "method.lora_rank=64", "method.lora_alpha=128"],
-    "galore r=256": ["method.name=galore", "method.rank=256"],
-    "galore r=128": ["method.name=galore", "method.rank=128"],
-    "galore r=128 layer-wise": ["method.name=galore", "method.rank=128", "method.layerwise=true"],
-    "layer-wise r=128 + embeddings projected": ["method.name=galore", "method.rank=128", "method.layerwise=true",
-                                                "method.embeddings=project"],
-    "layer-wise r=128 + embeddings frozen": ["method.name=galore", "method.rank=128", "method.layerwise=true",
-                                             "method.embeddings=freeze"],
-    "layer-wise r=128 + embeddings frozen + chunked loss": [
-        "method.name=galore", "method.rank=128", "method.layerwise=true", "method.embeddings=freeze",
+    "adamw": STANDARD_METHODS["adamw"],
+    "adamw + activation checkpointing": STANDARD_METHODS["adamw"] + ["train.activation_checkpointing=true"],
+    **{k: STANDARD_METHODS[k] for k in ("lora r=64", "galore r=256", "galore r=128", "galore r=128 layer-wise")},
+    **{k: LEVERS[k] for k in ("layer-wise r=128 + embeddings projected", "layer-wise r=128 + embeddings frozen")},
+    "layer-wise r=128 + embeddings frozen + chunked loss": LEVERS["layer-wise r=128 + embeddings frozen"] + [
         "train.loss_chunk_tokens=1024"],
-    "galore8bit r=128": ["method.name=galore8bit", "method.rank=128"],  # last: its library refreshes by full SVD
+    "galore8bit r=128": STANDARD_METHODS["galore8bit r=128"],
 }
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense, datasheet
 

@@ -22,15 +22,13 @@ import time
 
 import torch
 
+from convlearn.train.memory import STANDARD_METHODS
+
 SHAPE = dict(hidden_size=512, intermediate_size=2816, num_hidden_layers=6, num_attention_heads=8,
              num_key_value_heads=2, vocab_size=8192, max_position_embeddings=1024, tie_word_embeddings=True)
-ROWS = {
-    "adamw": ["method.name=adamw"],
-    "lora r=64": ["method.name=lora", "method.lora_rank=64", "method.lora_alpha=128"],
-    "galore r=256": ["method.name=galore", "method.rank=256"],
-    "galore r=128": ["method.name=galore", "method.rank=128"],
-    "galore r=128 layer-wise": ["method.name=galore", "method.rank=128", "method.layerwise=true"],
-}
+# The methods that run on CPU, with the memory table's labels and overrides.
+ROWS = {k: STANDARD_METHODS[k] for k in ("adamw", "lora r=64", "galore r=256", "galore r=128",
+                                         "galore r=128 layer-wise")}
 
 # Refresh methods timed (method.refresh) and their power iterations.
 REFRESH = {"svd": 2, "randomized": 2, "warm": 1}

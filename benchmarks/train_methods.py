@@ -16,21 +16,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
 
-METHODS = {
-    "adamw": ["method.name=adamw"],
-    "lora r=64": ["method.name=lora", "method.lora_rank=64", "method.lora_alpha=128"],
-    "galore r=256": ["method.name=galore", "method.rank=256"],
-    "galore r=128": ["method.name=galore", "method.rank=128"],
-    "galore r=128 layer-wise": ["method.name=galore", "method.rank=128", "method.layerwise=true"],
-}
-SHAPE = dict(hidden_size=512, intermediate_size=2816, num_hidden_layers=6, num_attention_heads=8,
-             num_key_value_heads=2, vocab_size=8192, max_position_embeddings=1024, tie_word_embeddings=True)
+from speed import ROWS as METHODS  # the same methods and model shape as benchmarks/speed.py
+from speed import SHAPE
+
+# glibc raises its mmap threshold each time a large block is freed, after which tensors come from the heap and
+# freed ones stay in the RSS; a fixed threshold makes every tensor over 64 KiB its own mapping, returned when
+# freed, so peak RSS follows the tensors alive (the same for every method).
+WORKER_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def worker(name: str, steps: int, batch: int, seq: int) -> dict:
@@ -97,7 +96,7 @@ def main(argv=None) -> None:
         for m in METHODS:
             out = subprocess.run([sys.executable, __file__, "--worker", m, "--steps", str(args.steps),
                                   "--batch", str(args.batch), "--seq", str(args.seq)],
-                                 capture_output=True, text=True, check=True)
+                                 capture_output=True, text=True, check=True, env=WORKER_ENV)
             results[m].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"round {r + 1}: {m}: {results[m][-1]['step_s']:.3f} s/step", file=sys.stderr, flush=True)
     med = {m: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for m, rs in results.items()}
