@@ -172,7 +172,7 @@ def test_chunked_loss_equals_the_whole_loss_and_its_gradients(tiny_models, arch)
         model.zero_grad(set_to_none=True)
         s, n = token_losses(model, batch, chunk_tokens=chunk)
         s.backward()
-        results.append((float(s), n, {k: p.grad.clone() for k, p in model.named_parameters()}))
+        results.append((float(s.detach()), n, {k: p.grad.clone() for k, p in model.named_parameters()}))
     (whole, n0, g0), (chunked, n1, g1) = results
     assert n0 == n1 == int(batch["loss_mask"][:, 1:].sum())
     assert chunked == pytest.approx(whole, rel=1e-5)
