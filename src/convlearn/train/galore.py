@@ -163,56 +163,36 @@ class GaLoreAdamW(torch.optim.Optimizer):
                group: dict | None = None) -> None:
         """One AdamW(+GaLore) update of one parameter, from its full gradient or an already projected one."""
         group = group or self.group_of(p)
-        state = self.state[p]
-        if "step" not in state:
-            state["step"] = torch.zeros((), dtype=torch.float32)
         if group["galore"] and low is None:
             low = self.project(p, grad, group)
-        g = low if group["galore"] else grad
-        if "exp_avg" not in state:
-            state["exp_avg"] = torch.zeros_like(g)
-            state["exp_avg_sq"] = torch.zeros_like(g)
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        beta1, beta2 = group["betas"]
-        state["step"] += 1
-        step = int(state["step"])
-        exp_avg.mul_(beta1).add_(g, alpha=1.0 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-        step_size = group["lr"] * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
-        denom = exp_avg_sq.sqrt().add_(group["eps"])
-        if group["galore"]:
-            self.apply_back(p, exp_avg / denom, group, -step_size)
-        else:
-            p.addcdiv_(exp_avg, denom, value=-step_size)
-        if group["weight_decay"] > 0.0:
-            p.mul_(1.0 - group["lr"] * group["weight_decay"])
+        self._apply([p], [low if group["galore"] else grad], group)
 
     @torch.no_grad()
     def step(self, closure=None):
-        """The same update as `update`, applied to a whole group with foreach kernels: on a GPU the per-tensor
-        launches and Python overhead of ~300 weights otherwise cost more than the arithmetic."""
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             # in chunks: foreach temporaries (square roots, projected gradients) exist for one chunk at a time
             for i in range(0, len(params), FOREACH_CHUNK):
-                self._update_group(params[i:i + FOREACH_CHUNK], group)
+                chunk = params[i:i + FOREACH_CHUNK]
+                grads = [self.project(p, p.grad, group) if group["galore"] else p.grad for p in chunk]
+                self._apply(chunk, grads, group)
         return loss
 
-    def _update_group(self, params: list[torch.Tensor], group: dict) -> None:
-        grads, sizes = [], []
+    def _apply(self, params: list[torch.Tensor], grads: list[torch.Tensor], group: dict) -> None:
+        """The AdamW(+GaLore) update of `params` from their (projected) gradients, with foreach kernels over the
+        list: on a GPU, per-tensor launches and Python overhead for ~300 weights cost more than the arithmetic."""
         beta1, beta2 = group["betas"]
-        for p in params:
+        sizes = []
+        for p, g in zip(params, grads):
             state = self.state[p]
             if "step" not in state:
                 state["step"] = torch.zeros((), dtype=torch.float32)
-            g = self.project(p, p.grad, group) if group["galore"] else p.grad
             if "exp_avg" not in state:
                 state["exp_avg"] = torch.zeros_like(g)
                 state["exp_avg_sq"] = torch.zeros_like(g)
             state["step"] += 1
             step = int(state["step"])
-            grads.append(g)
             sizes.append(group["lr"] * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step))
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
@@ -220,7 +200,6 @@ class GaLoreAdamW(torch.optim.Optimizer):
         torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-        del grads
         denoms = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_add_(denoms, group["eps"])
         if group["galore"]:

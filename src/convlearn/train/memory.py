@@ -118,8 +118,8 @@ def count_memory(model: torch.nn.Module, method, targets) -> MemoryCount:
     if method.name == "adamw":
         state = sum(_adam_state(p) for p in trainable)
     else:
-        with _frozen(frozen, params):
-            projected, plain, _ = galore_parameters(model, targets, method.embeddings)
+        projected, plain, _ = galore_parameters(model, targets, method.embeddings)
+        plain = [p for p in plain if id(p) not in frozen]  # frozen embeddings are never projected
         if method.name in ("apollo", "apollo_mini"):
             rank = 1 if method.name == "apollo_mini" else method.rank
             state = sum(2 * _nbytes(p) for p in plain)  # APOLLO's step counters are Python ints
@@ -139,21 +139,6 @@ def count_memory(model: torch.nn.Module, method, targets) -> MemoryCount:
         else:
             raise ValueError(f"no memory rule for method {method.name!r}")
     return MemoryCount(weights, grads, state, sum(p.numel() for p in trainable))
-
-
-class _frozen:
-    """Temporarily mark the frozen parameters as such, so galore_parameters sees what build_method would."""
-
-    def __init__(self, frozen: set[int], params: list[torch.Tensor]):
-        self.changed = [p for p in params if id(p) in frozen and p.requires_grad]
-
-    def __enter__(self):
-        for p in self.changed:
-            p.requires_grad_(False)
-
-    def __exit__(self, *exc):
-        for p in self.changed:
-            p.requires_grad_(True)
 
 
 def method_config(overrides: list[str]):
