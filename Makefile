@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean docs
+.PHONY: demo test test-fast install clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The inner loop: everything but the tests marked slow (< 3 min on 2 cores). CI and `make test` run all.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 docs: $(STAMP)
 	$(VENV)/bin/convlearn config docs > docs/CONFIG.md

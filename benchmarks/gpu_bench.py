@@ -76,7 +76,7 @@ def build(shape: str, dtype, device: str, tiny: bool):
 def measure_method(label: str, overrides: list[str], args, dtype, batches) -> dict:
     from convlearn.config import load_config
     from convlearn.train.batches import token_losses
-    from convlearn.train.memory import count_memory
+    from convlearn.train.methods import count_memory
     from convlearn.train.methods import build_method
     extra = ["train.activation_checkpointing=true"] if args.checkpointing else []
     cfg = load_config(None, overrides + extra + ["train.lr=1e-5", "method.refresh=randomized"])
@@ -143,7 +143,7 @@ def refresh_times(args, dtype) -> dict:
     from collections import Counter
 
     from convlearn.train.galore import compute_projector, projection_side
-    from convlearn.train.methods import galore_parameters
+    from convlearn.train.params import galore_parameters
     model, spec = build(args.shape, dtype, args.device, args.tiny)
     projected, _, _ = galore_parameters(model, list(spec.facts.target_modules))
     shapes = Counter(tuple(p.shape) for p in projected)

@@ -17,7 +17,8 @@ import argparse
 import json
 
 from convlearn.models import REGISTRY, meta_model
-from convlearn.train.memory import LEVERS, STANDARD_METHODS, count_memory, method_config
+from convlearn.train.memory import LEVERS, STANDARD_METHODS, method_config
+from convlearn.train.methods import count_memory
 
 GB = 1e9
 LOSS_CHUNK = 1024  # train.loss_chunk_tokens measured beside checkpointing

@@ -66,7 +66,7 @@ def worker(name: str, steps: int, batch: int, seq: int) -> dict:
             grad_peak = max(grad_peak, method.layerwise.grad_bytes_peak)
         method.optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
-    from convlearn.train.memory import count_memory
+    from convlearn.train.methods import count_memory
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with torch.device("meta"):  # shapes only: counting allocates nothing
         shape_only = Qwen2ForCausalLM(Qwen2Config(**SHAPE))

@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import datafiles as F
 
 
@@ -40,6 +42,7 @@ def test_inspect_exit_2_when_unreadable_or_undeterminable(tmp_path):
         assert len(res.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_prepare_caches_by_data_tokenizer_and_rendering(tmp_path, tiny_models):
     data = F.write_jsonl(tmp_path / "lmsys.jsonl", F.lmsys_rows())
     base = ["--quiet", "--set", f"model.name={tiny_models['llama']}", "--set", f"data.cache_dir={tmp_path}/cache",

@@ -60,7 +60,8 @@ def test_bad_config_file_exits_2_with_one_line(tmp_path):
 
 def test_config_reference_is_current():
     """docs/CONFIG.md is generated from the code (`make docs`); every key has a doc string."""
-    docs = config_docs()
+    from convlearn.train.methods import methods_docs
+    docs = config_docs() + methods_docs()
     assert (ROOT / "docs" / "CONFIG.md").read_text() == docs
     rows = [line for line in docs.splitlines() if line.startswith("| `")]
     assert len(rows) > 25 and all(not line.rstrip().endswith("|  |") for line in rows)

@@ -2,7 +2,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     """The shortened demo (--quick); the full one is measured in BENCHMARKS.md / README."""
     out = tmp_path / "demo"

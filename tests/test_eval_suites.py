@@ -1,8 +1,6 @@
 """Evaluation suites on tiny models through the real code path: perplexities, domains, probes, quality with a
 judge, original-distribution perplexity, forgetting analysis, and `convlearn eval`."""
 import json
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -11,6 +9,7 @@ import pytest
 import torch
 
 import datafiles as F
+from helpers import cli, run_config
 from convlearn.config import load_config
 from convlearn.data.prepare import prepare
 from convlearn.eval.forgetting import analyze
@@ -19,8 +18,6 @@ from convlearn.eval.suites import RunEvaluator
 from convlearn.models import load_model, model_spec
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "convlearn", *args], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +52,12 @@ def test_memorised_text_has_far_lower_perplexity_than_a_fresh_model(setup, tiny_
     assert fresh > 1000 and memorised < fresh / 50, (fresh, memorised)
 
 
-def test_per_domain_figures_add_up_to_the_overall_counts(setup, tiny_models):
+def test_per_domain_figures_add_up_to_the_overall_counts(setup, tiny_models, monkeypatch):
     root, cfg, tok, prepared = setup
     heldout_ids = prepared.dataset("heldout")["conversation_id"]
     (root / "map.json").write_text(json.dumps({cid: "even" if i % 2 else "odd" for i, cid in
                                                enumerate(dict.fromkeys(heldout_ids))}))
-    cfg.eval.domain_map = str(root / "map.json")
+    monkeypatch.setattr(cfg.eval, "domain_map", str(root / "map.json"))  # the module's config, restored after
     ev = RunEvaluator(cfg, tok, model_spec(cfg.model.name), prepared, root / "run")
     record = ev.run(load_model(str(tiny_models["qwen2"])), 0, "ppl")
     overall = record["evaluations"]["conversation_ppl"]
@@ -76,7 +73,6 @@ def test_per_domain_figures_add_up_to_the_overall_counts(setup, tiny_models):
     assert original["source"] == "python-docstrings" and original["samples"] >= 40 and original["all"]["ppl"] > 1
     assert (root / "run" / "evals" / "step-0.json").is_file() and set(record["seconds"]) == {
         "conversation_ppl", "domain_ppl", "original_ppl"}
-    cfg.eval.domain_map = None
 
 
 def test_grouped_figures_are_exact_partitions():
@@ -104,7 +100,7 @@ class _Judge(BaseHTTPRequestHandler):
         pass
 
 
-def test_quality_answers_rouge_and_a_pairwise_judge(setup, tiny_models):
+def test_quality_answers_rouge_and_a_pairwise_judge(setup, tiny_models, monkeypatch):
     root, cfg, tok, prepared = setup
     model = load_model(str(tiny_models["qwen2"]))
     ev = RunEvaluator(cfg, tok, model_spec(cfg.model.name), prepared, root / "quality")
@@ -115,12 +111,11 @@ def test_quality_answers_rouge_and_a_pairwise_judge(setup, tiny_models):
     assert len(rows) == 6 and {"prompt", "reference", "answer", "rougeL"} <= set(rows[0])
     server = HTTPServer(("127.0.0.1", 0), _Judge)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(cfg.eval.judge, "base_url", f"http://127.0.0.1:{server.server_port}/v1")
     try:
-        cfg.eval.judge.base_url = f"http://127.0.0.1:{server.server_port}/v1"
         q5 = ev.run(model, 5, "q")["evaluations"]["quality"]
     finally:
         server.shutdown()
-        cfg.eval.judge.base_url = None
     judge = q5["judge"]
     assert judge["pairs"] == 6 == len(_Judge.calls) and judge["errors"] == 0
     assert judge["wins"] + judge["losses"] == 6 and 0 < judge["wins"] < 6  # "A" wins: order is randomised
@@ -128,23 +123,16 @@ def test_quality_answers_rouge_and_a_pairwise_judge(setup, tiny_models):
     assert "[Reference response]" in _Judge.calls[0]["messages"][0]["content"]
 
 
+@pytest.mark.slow
 def test_probes_detect_a_fact_that_training_injects(tmp_path, tiny_models):
     from convlearn.data.probes import write_probes
     probes, convs = write_probes(tmp_path / "probes", n=4, seed=0, mentions=6)
-    cfg = tmp_path / "probe.yaml"
-    cfg.write_text(f"""
-model: {{name: "{tiny_models['qwen2']}"}}
-data: {{sources: [{{path: "{convs}"}}], heldout_fraction: 0.0, cache_dir: "{tmp_path / 'cache'}"}}
-render: {{max_seq_len: 96, loss: assistant}}
-method: {{name: adamw}}
-train: {{max_steps: 60, batch_size: 8, lr: 0.003, save_every: 0}}
-eval:
-  schedule: [{{step: 0, suite: p}}]
-  final_suite: p
-  suites: {{p: [probes]}}
-  probes: "{probes}"
-logging: {{progress: false}}
-""")
+    cfg = run_config(tmp_path / "probe.yaml", tiny_models["qwen2"], tmp_path / "cache",
+                     data={"sources": [{"path": str(convs)}], "heldout_fraction": 0.0},
+                     render={"loss": "assistant"}, method={"name": "adamw"},
+                     train={"max_steps": 60, "batch_size": 8},
+                     eval={"schedule": [{"step": 0, "suite": "p"}], "final_suite": "p",
+                           "suites": {"p": ["probes"]}, "probes": str(probes)})
     res = cli("train", str(cfg), "--out", str(tmp_path / "run"))
     assert res.returncode == 0, res.stderr[-2000:]
     before = json.loads((tmp_path / "run" / "evals" / "step-0.json").read_text())["evaluations"]["probes"]
@@ -176,17 +164,11 @@ def test_forgetting_analysis():
     assert out["backward_transfer"]["bwt_loss"] == pytest.approx(0.4)  # domain a: 2.0 -> 2.4
 
 
+@pytest.mark.slow
 def test_eval_command_on_a_run_and_on_a_model(tmp_path, tiny_models):
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(f"""
-model: {{name: "{tiny_models['llama']}"}}
-data: {{sources: [{{path: chatterbot}}], heldout_fraction: 0.1, cache_dir: "{tmp_path / 'cache'}"}}
-render: {{max_seq_len: 96}}
-method: {{name: lora, lora_rank: 4}}
-train: {{max_steps: 4, batch_size: 4, save_every: 2}}
-eval: {{schedule: [{{step: 0, suite: quick}}], final_suite: quick, heldout_samples: 16}}
-logging: {{progress: false}}
-""")
+    cfg = run_config(tmp_path / "run.yaml", tiny_models["llama"], tmp_path / "cache",
+                     method={"name": "lora", "lora_rank": 4}, train={"max_steps": 4, "save_every": 2, "lr": 1e-5},
+                     eval={"heldout_samples": 16})
     assert cli("train", str(cfg), "--out", str(tmp_path / "run")).returncode == 0
     res = cli("eval", str(tmp_path / "run"), "--suite", "quick", "--step", "2")
     assert res.returncode == 0, res.stderr[-2000:]

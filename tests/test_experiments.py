@@ -6,30 +6,27 @@ from pathlib import Path
 import pytest
 
 from convlearn.errors import ConfigError
-from convlearn.experiments.sweep import load_sweep, run_sweep
+from convlearn.experiments.sweep import PACKAGED, load_sweep, run_sweep
+from helpers import run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_base(tmp_path, tiny_models, extra=""):
-    base = tmp_path / "base.yaml"
-    base.write_text(f"""
-model: {{name: "{tiny_models['qwen2']}"}}
-data: {{sources: [{{path: chatterbot}}], heldout_fraction: 0.1, cache_dir: "{tmp_path / 'cache'}"}}
-render: {{max_seq_len: 96}}
-method: {{name: galore, rank: 8, update_proj_gap: 5}}
-train: {{max_steps: 6, batch_size: 4, lr: 0.003, save_every: 0}}
-eval: {{schedule: [{{step: 0, suite: quick}}], final_suite: quick, heldout_samples: 24}}
-logging: {{progress: false}}
-{extra}""")
-    return base
+def write_base(tmp_path, tiny_models):
+    return run_config(tmp_path / "base.yaml", tiny_models["qwen2"], tmp_path / "cache")
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "experiments").rglob("*.yaml")),
-                         ids=lambda p: p.name)
+SWEEPS = sorted([*(ROOT / "configs" / "experiments").glob("*.yaml"),
+                 *(p for p in (PACKAGED / "tiny").glob("*.yaml") if p.name != "base.yaml")])
+
+
+def test_the_shipped_experiments_are_the_four_plus_levers():
+    assert sorted(p.name for p in SWEEPS) == sorted(
+        ["data_scaling.yaml", "online.yaml", "optimizers.yaml", "replay.yaml"] * 2 + ["levers.yaml"])
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_experiments_validate(path):
-    if path.name == "base.yaml":
-        return
     sweep = load_sweep(path)
     assert sweep.runs and sweep.experiment in ("optimizers", "data_scaling", "online", "replay")
 
@@ -62,6 +59,7 @@ seeds: [0, 1]
         load_sweep(spec)
 
 
+@pytest.mark.slow
 def test_report_figures_equal_the_raw_files(tmp_path, tiny_models):
     write_base(tmp_path, tiny_models)
     spec = tmp_path / "exp.yaml"
@@ -160,12 +158,13 @@ def demo_assets(tmp_path_factory, tiny_models):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["optimizers", "data_scaling", "online", "replay"])
 def test_tiny_experiments_run_end_to_end(tmp_path, demo_assets, name):
     """Each shipped tiny experiment, through `convlearn sweep`, shortened to a few steps per run."""
     import subprocess
     import sys
-    src = ROOT / "configs" / "experiments" / "tiny"
+    src = PACKAGED / "tiny"
     (tmp_path / "base.yaml").write_text((src / "base.yaml").read_text().replace("runs/demo/", f"{demo_assets}/"))
     import yaml
     spec = yaml.safe_load((src / f"{name}.yaml").read_text())

@@ -7,7 +7,7 @@ import torch
 
 from convlearn.models import load_model
 from convlearn.train.galore import GaLoreAdamW, compute_projector, projection_side, state_bytes
-from convlearn.train.methods import galore_parameters
+from convlearn.train.params import galore_parameters
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -8,8 +8,8 @@ from convlearn.config import load_config
 from convlearn.models import FAMILIES, REGISTRY, ModelSpec, load_model, meta_model
 from convlearn.train.batches import token_losses
 from convlearn.train.galore import state_bytes
-from convlearn.train.memory import count_memory
-from convlearn.train.methods import build_method, embedding_weights
+from convlearn.train.methods import build_method, count_memory
+from convlearn.train.params import embedding_weights
 
 ROWS = {
     "adamw": ["method.name=adamw"],
@@ -150,10 +150,11 @@ def test_the_levers_reach_their_ratios_at_qwen25_15b_shape():
 
 def test_embedding_choices_that_make_no_sense_name_the_key():
     from convlearn.errors import ConfigError
+    from convlearn.train.methods import method_for
     for bad in (["method.name=adamw", "method.embeddings=project"],
                 ["method.name=lora", "method.embeddings=freeze"]):
         with pytest.raises(ConfigError) as e:
-            load_config(None, bad)
+            method_for(load_config(None, bad).method)
         assert e.value.path == "method.embeddings"
 
 

@@ -54,6 +54,7 @@ def _digest(folder):
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir())}
 
 
+@pytest.mark.slow
 def test_tiny_model_cli_is_deterministic(tmp_path):
     for name in ("a", "b"):
         res = subprocess.run([sys.executable, "-m", "convlearn", "tiny-model", "--arch", "phi3", "--out",

@@ -2,13 +2,13 @@
 layer-wise GaLore with accumulation, gradient norms, failure handling, DDP."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
+
+from helpers import kill_after_steps, metrics, run_config, train
 
 METHODS = {
     "adamw": ["method.name=adamw"],
@@ -21,36 +21,13 @@ METHODS = {
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, tiny_models):
     root = tmp_path_factory.mktemp("train")
-    cfg = root / "run.yaml"
-    cfg.write_text(f"""
-model: {{name: "{tiny_models['qwen2']}"}}
-data:
-  sources: [{{path: chatterbot}}]
-  heldout_fraction: 0.1
-  cache_dir: "{root / 'cache'}"
-render: {{max_seq_len: 96}}
-method: {{name: galore, rank: 16, update_proj_gap: 4}}
-train: {{max_steps: 16, batch_size: 4, lr: 0.003, save_every: 4}}
-eval:
-  schedule: [{{step: 0, suite: quick}}, {{step: 8, suite: quick}}]
-  final_suite: quick
-  heldout_samples: 32
-logging: {{progress: false}}
-""")
+    cfg = run_config(root / "run.yaml", tiny_models["qwen2"], root / "cache",
+                     method={"rank": 16, "update_proj_gap": 4},
+                     train={"max_steps": 16, "save_every": 4},
+                     eval={"schedule": [{"step": 0, "suite": "quick"}, {"step": 8, "suite": "quick"}],
+                           "heldout_samples": 32},
+                     logging={"tensorboard": True})
     return root, cfg
-
-
-def train(cfg, out, *sets, wait=True):
-    args = [sys.executable, "-m", "convlearn", "train", str(cfg), "--out", str(out)]
-    for s in sets:
-        args += [s] if s.startswith("--") else ["--set", s]
-    if not wait:
-        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(args, capture_output=True, text=True)
-
-
-def metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -104,23 +81,13 @@ def test_memory_figures_are_exact_counts(runs, tiny_models):
     assert lora["trainable_param_bytes"] < 0.1 * params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", list(METHODS))
 def test_sigkill_and_resume_gives_identical_losses(base, runs, method):
     root, cfg = base
     out = root / f"killed-{method}"
     proc = train(cfg, out, *METHODS[method], wait=False)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        path = out / "metrics.jsonl"
-        if path.exists() and len(path.read_text().splitlines()) >= 7:
-            break
-        if proc.poll() is not None:
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = len(metrics(out))
+    killed_at = kill_after_steps(proc, out, 7)
     assert 7 <= killed_at < 16
     res = train(cfg, out, *METHODS[method], "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -136,6 +103,7 @@ def _losses_and_norms(out):
     return [r["loss"] for r in m], [r["grad_norm"] for r in m]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulation", ["lowrank", "full"])
 def test_layerwise_with_accumulation_equals_plain_galore(base, accumulation):
     root, cfg = base
@@ -159,6 +127,7 @@ def test_layerwise_with_accumulation_equals_plain_galore(base, accumulation):
         assert max(peaks[1:4]) < 0.5 * full  # the saving survives accumulation between refreshes
 
 
+@pytest.mark.slow
 def test_layerwise_grad_norm_is_the_real_one(base):
     root, cfg = base
     common = ["train.max_steps=6", "train.max_grad_norm=null", "train.save_every=0"]
@@ -169,6 +138,7 @@ def test_layerwise_grad_norm_is_the_real_one(base):
     assert all(x > 0 for x in lw) and lw == pytest.approx(plain, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_unavailable_methods_and_bad_runs_exit_2(base):
     root, cfg = base
     for sets, needle in [(["method.name=galore8bit"], "needs a CUDA GPU"),
@@ -184,6 +154,7 @@ def test_unavailable_methods_and_bad_runs_exit_2(base):
     assert again.returncode == 2 and "pass --resume" in again.stderr
 
 
+@pytest.mark.slow
 def test_nonfinite_steps_are_skipped_then_the_run_stops(base):
     root, cfg = base
     out = root / "diverged"
@@ -206,6 +177,7 @@ def test_checkpoints_are_atomic(tmp_path):
     assert latest_checkpoint(tmp_path) == root / "step-00000004"
 
 
+@pytest.mark.slow
 def test_lora_saves_adapters_and_merged_weights(base, runs):
     root, cfg = base
     ckpt = runs["lora"] / "checkpoints" / "step-00000016" / "model"
@@ -218,6 +190,7 @@ def test_lora_saves_adapters_and_merged_weights(base, runs):
     assert not any("lora" in n for n, _ in merged.named_parameters())
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_process(base):
     root, cfg = base
     common = ["method.name=adamw", "train.max_steps=4", "train.save_every=0", "eval.schedule=[]",
@@ -236,6 +209,7 @@ def test_ddp_two_processes_match_one_process(base):
     assert two == pytest.approx(one, rel=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["adamw", "lora", "galore", "galore-layerwise"])
 def test_shipped_tiny_configs_run(base, tiny_models, name):
     from pathlib import Path

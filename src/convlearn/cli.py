@@ -1,6 +1,8 @@
 """The `convlearn` command: parses arguments and calls one library function per subcommand.
 
 Exit codes: 0 ok, 2 bad input or config (one clear line on stderr), 1 internal error (traceback).
+Each command imports what it needs when it runs (torch, transformers, lm-eval take seconds to import), so
+`convlearn --help` and a bad argument answer at once.
 """
 from __future__ import annotations
 
@@ -21,10 +23,13 @@ def _cmd_tiny_model(args) -> int:
 
 def _cmd_config(args) -> int:
     from .config import config_docs, dump_config, load_config
+    from .train.methods import method_for, methods_docs
     if args.action == "docs":
-        sys.stdout.write(config_docs())
+        sys.stdout.write(config_docs() + methods_docs())
     else:
-        sys.stdout.write(dump_config(load_config(args.config, args.set)))
+        cfg = load_config(args.config, args.set)
+        method_for(cfg.method)
+        sys.stdout.write(dump_config(cfg))
     return 0
 
 

@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
 from .errors import UserError
 
 # Linear layers that GaLore and LoRA target by default (all attention and MLP projections).
@@ -88,7 +92,6 @@ def _model_type(name: str, revision: str | None) -> str:
     local = Path(name) / "config.json"
     if local.is_file():
         return json.loads(local.read_text()).get("model_type", "unknown")
-    from transformers import AutoConfig
     try:
         return AutoConfig.from_pretrained(name, revision=revision).model_type
     except OSError as e:
@@ -98,8 +101,6 @@ def _model_type(name: str, revision: str | None) -> str:
 def meta_model(name: str, dtype=None):
     """A registry model built from its architecture facts on the meta device: every parameter has its real
     shape and dtype and no storage, so nothing is downloaded or allocated."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
     spec = REGISTRY.get(name)
     if spec is None or not spec.arch:
         raise UserError(f"{name!r} has no architecture facts in the registry; known: {', '.join(REGISTRY)}")
@@ -110,7 +111,6 @@ def meta_model(name: str, dtype=None):
 
 
 def resolve_device(device: str) -> str:
-    import torch
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -120,7 +120,6 @@ def resolve_device(device: str) -> str:
 
 def resolve_dtype(dtype: str, device: str):
     """bf16 on GPU, fp32 on CPU for `auto` (bf16 is ~60x slower on CPUs without bf16 units)."""
-    import torch
     if dtype == "auto":
         return torch.bfloat16 if device == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
@@ -128,12 +127,10 @@ def resolve_dtype(dtype: str, device: str):
 
 def quiet_transformers() -> None:
     """No per-file progress bars from transformers (loading/saving shards): our own bars say what runs."""
-    from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
 
 
 def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
     try:
         tok = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except OSError as e:
@@ -148,7 +145,6 @@ def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bo
 def load_model(name: str, *, revision: str | None = None, dtype: str = "auto", device: str = "auto",
                attn_implementation: str | None = None, trust_remote_code: bool = False):
     """AutoModelForCausalLM.from_pretrained with the registry's attention and dtype choices."""
-    from transformers import AutoModelForCausalLM
     quiet_transformers()
     spec = model_spec(name, revision)
     dev = resolve_device(device)
@@ -162,10 +158,10 @@ def load_model(name: str, *, revision: str | None = None, dtype: str = "auto", d
     return model.to(dev)
 
 
-def load_from_config(model_cfg) -> tuple[Any, Any, ModelSpec]:
-    """(model, tokenizer, spec) for a `ModelConfig` section."""
-    tok = load_tokenizer(model_cfg.name, model_cfg.revision, model_cfg.trust_remote_code)
-    model = load_model(model_cfg.name, revision=model_cfg.revision, dtype=model_cfg.dtype,
-                       device=model_cfg.device, attn_implementation=model_cfg.attn_implementation,
-                       trust_remote_code=model_cfg.trust_remote_code)
-    return model, tok, model_spec(model_cfg.name, model_cfg.revision)
+def load_from_config(model_cfg, weights: str | None = None, dtype: str | None = None):
+    """The one loader: the model a `ModelConfig` names, or `weights` (a checkpoint or trained folder of the same
+    architecture) loaded with that section's device, attention and trust settings; `dtype` overrides its dtype."""
+    return load_model(weights or model_cfg.name, revision=None if weights else model_cfg.revision,
+                      dtype=dtype or model_cfg.dtype, device=model_cfg.device,
+                      attn_implementation=model_cfg.attn_implementation,
+                      trust_remote_code=model_cfg.trust_remote_code)

@@ -2,13 +2,21 @@
 format, tiny size, random weights, saved in HF format so they load through `from_pretrained` like hub ids.
 
 The tokenizer is trained here on text every machine has (Python docstrings + the chatterbot corpus) with the
-family's own pre-tokenizer, so ids survive a save/reload (transformers rebuilds a Qwen2 tokenizer's
-normalizer and pre-tokenizer from its class; see ../shared/STACK.md).
+family's own pre-tokenizer, so ids survive a save/reload: when config.json says `model_type: qwen2`,
+AutoTokenizer builds a Qwen2Tokenizer, which replaces the normalizer and pre-tokenizer with Qwen2's own
+(NFC, then a regex split, then byte-level), so a BPE trained with any other pipeline would give other ids after
+a reload.
+
+torch and transformers are imported inside the functions that build a model: the CLI's argument parser
+imports ARCHS from here, and `convlearn --help` should not take seconds.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import yaml
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from .data.builtin import chatterbot_dir, stdlib_docstrings
 
@@ -89,7 +97,6 @@ _TINY = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_at
 
 def training_corpus(max_chars: int = 1_000_000) -> list[str]:
     """Text to train the tiny tokenizers on: stdlib docstrings plus the chatterbot corpus."""
-    import yaml
     texts = [d["text"] for d in stdlib_docstrings(max_chars=max_chars)]
     for path in sorted(chatterbot_dir().glob("*.yml")):
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -100,7 +107,6 @@ def training_corpus(max_chars: int = 1_000_000) -> list[str]:
 
 def train_tokenizer(arch: str, texts: list[str], vocab_size: int = 4096):
     """A `tokenizers.Tokenizer` with the family's normalizer / pre-tokenizer / decoder, trained on texts."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     specials, roles = SPECIALS[arch]
     if arch in ("qwen2", "llama"):  # byte-level BPE behind a regex split (tiktoken style)
         tok = Tokenizer(models.BPE())
@@ -132,7 +138,6 @@ def train_tokenizer(arch: str, texts: list[str], vocab_size: int = 4096):
 
 def _with_byte_fallback(tok):
     """Add the 256 `<0xXX>` byte tokens to the BPE vocab and switch byte fallback on, as SentencePiece has."""
-    from tokenizers import Tokenizer
     data = json.loads(tok.to_str())
     vocab = data["model"]["vocab"]
     next_id = max(list(vocab.values()) + [t["id"] for t in data["added_tokens"]]) + 1

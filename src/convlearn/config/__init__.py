@@ -1,6 +1,9 @@
-from .run import (FORMATS, DataConfig, LoggingConfig, MethodConfig, ModelConfig, RenderConfig, RunConfig,
-                  SourceConfig, TrainConfig, config_docs, dump_config, load_config)
+from .data import FORMATS, DataConfig, ModelConfig, RenderConfig, SourceConfig
+from .evaluation import EvalConfig
+from .run import LoggingConfig, RunConfig, config_docs, dump_config, load_config
 from .schema import build, opt, section
+from .training import MethodConfig, ReplayConfig, TrainConfig
 
-__all__ = ["FORMATS", "DataConfig", "LoggingConfig", "MethodConfig", "TrainConfig", "ModelConfig", "RenderConfig", "RunConfig", "SourceConfig", "build",
-           "config_docs", "dump_config", "load_config", "opt", "section"]
+__all__ = ["FORMATS", "DataConfig", "EvalConfig", "LoggingConfig", "MethodConfig", "ModelConfig", "RenderConfig",
+           "ReplayConfig", "RunConfig", "SourceConfig", "TrainConfig", "build", "config_docs", "dump_config",
+           "load_config", "opt", "section"]

@@ -7,6 +7,7 @@ dataclasses, with no extra dependency.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -25,7 +26,6 @@ def opt(default: Any = _MISSING, doc: str = "", *, ge: float | None = None, le: 
     if default is _MISSING:
         return dataclasses.field(metadata=meta)
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        import copy
         return dataclasses.field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 

@@ -11,6 +11,8 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
+import chatterbot_corpus
+
 # Folders of the standard library that are tests, demos or vendored code, not documentation.
 _SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "turtledemo", "site-packages", "dist-packages",
               "__pycache__", "ensurepip", "pydoc_data", "tkinter", "venv"}
@@ -67,5 +69,4 @@ def _documented(node: ast.AST, prefix: str) -> Iterator[tuple[str, ast.AST]]:
 
 def chatterbot_dir(language: str = "english") -> Path:
     """The YAML corpus folder that the chatterbot-corpus package ships."""
-    import chatterbot_corpus
     return Path(chatterbot_corpus.__file__).parent / "data" / language

@@ -1,5 +1,5 @@
-"""Filters and hygiene: language allow-list, moderation, length, exact dedup, a scrubber for secrets and
-personal data, and the deterministic held-out split."""
+"""Filters and hygiene: language allow-list, moderation, length, exact dedup, and a scrubber for secrets and
+personal data. (The held-out split is data/splits.py.)"""
 from __future__ import annotations
 
 import hashlib
@@ -137,17 +137,3 @@ def scrub(rec: Conversation | Document, counts: Counter) -> None:
     else:
         for m in rec.messages:
             m.content = scrub_text(m.content, counts)
-
-
-def split_key(rec: Conversation | Document) -> str:
-    """What decides the held-out side: the conversation id, or its group (an OpenAssistant tree, so that
-    paths sharing a prompt never straddle the split)."""
-    return str(rec.meta.get("split_group") or rec.id)
-
-
-def is_heldout(key: str, fraction: float) -> bool:
-    """Deterministic: the same id is on the same side in every run and for every source."""
-    if fraction <= 0:
-        return False
-    h = int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()[:8], "big")
-    return h / 2**64 < fraction

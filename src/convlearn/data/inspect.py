@@ -1,7 +1,7 @@
 """`data inspect`: read one file or dataset with the normalization rules and report what was kept and skipped."""
 from __future__ import annotations
 
-from ..config.run import DataConfig, SourceConfig
+from ..config import DataConfig, SourceConfig
 from .records import DataStats
 from .stream import iter_records
 

@@ -13,16 +13,20 @@ import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, fields
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from tqdm import tqdm
 
-from ..config.run import dump_config
+from ..config import dump_config
 from ..config.schema import to_dict
+from ..errors import UserError
 from .records import Conversation, DataStats
 from .render import ChatRenderer, Sample, pack
 from .stream import iter_records, prefetch_batches
+from .topics import TopicLabeler, first_user_turn, labeler_cache_path
 
 CACHE_VERSION = 1  # bump when normalization or rendering changes what a cache holds
 
@@ -44,7 +48,7 @@ class PreparedData:
 
     def dataset(self, split: str):
         """The `train` or `heldout` samples as a memory-mapped `datasets.Dataset`."""
-        import datasets
+        import datasets  # ~1 s to import: only when the samples are read
         return datasets.Dataset.from_file(str(self.path / f"{split}.arrow"))
 
     def heldout_conversations(self) -> list[Conversation]:
@@ -71,7 +75,6 @@ def _source_fingerprint(src) -> dict:
         return {"dir": str(p.resolve()), "files": [(str(f.relative_to(p)), f.stat().st_size,
                                                     f.stat().st_mtime_ns) for f in files]}
     if src.path == "chatterbot":
-        from importlib.metadata import version
         return {"chatterbot-corpus": version("chatterbot-corpus")}
     return {"dataset": src.path}
 
@@ -131,7 +134,6 @@ def _row(s: Sample) -> dict:
 
 def prepare(cfg, tokenizer, spec=None, *, progress: bool = True, batch_size: int = 512) -> PreparedData:
     """Prepare (or load from cache) the train and held-out samples of a run config."""
-    from tqdm import tqdm
     renderer = renderer_for(cfg, tokenizer, spec)
     key = cache_key(cfg, renderer)
     final = Path(cfg.data.cache_dir) / key
@@ -214,7 +216,6 @@ class _Topics:
     """The fitted topic labeler of a data config (cached), and labels cached by conversation id."""
 
     def __init__(self, cfg):
-        from .topics import TopicLabeler, first_user_turn, labeler_cache_path
         t = cfg.data.topics
         material = {"sources": [_source_fingerprint(s) for s in cfg.data.sources], "k": t.k, "model": t.model,
                     "fit_samples": t.fit_samples, "seed": cfg.seed, "version": CACHE_VERSION}
@@ -233,7 +234,6 @@ class _Topics:
                 if len(sample) >= t.fit_samples:
                     break
         if len(sample) < 2:
-            from ..errors import UserError
             raise UserError("data.topics: fewer than 2 conversations without a topic to cluster")
         for rec, name in zip(sample, self.labeler.fit([first_user_turn(r) for r in sample])):
             self.labels[rec.id] = name

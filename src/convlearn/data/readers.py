@@ -9,14 +9,18 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 import json
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+import yaml
+
 from ..errors import UserError
-from .builtin import chatterbot_dir
+from .builtin import chatterbot_dir, stdlib_docstrings
 from .records import Skip
 
 Row = dict | Skip
@@ -49,7 +53,6 @@ def read_rows(path: str, split: str = "train", subset: str | None = None, limit:
 
 def _rows(path: str, split: str, subset: str | None) -> Iterator[Row]:
     if path == "python-docstrings":  # the "original distribution" text every machine has
-        from .builtin import stdlib_docstrings
         return iter(stdlib_docstrings())
     if is_chatterbot_path(path):
         return _chatterbot_rows(chatterbot_dir() if path == "chatterbot" else Path(path))
@@ -117,7 +120,6 @@ def _json_rows(path: Path) -> Iterator[Row]:
 
 
 def _parquet_rows(path: Path) -> Iterator[Row]:
-    import pyarrow.parquet as pq
     try:
         src = io.BytesIO(gzip.open(path, "rb").read()) if path.name.lower().endswith(".gz") else str(path)
         pf = pq.ParquetFile(src)
@@ -151,7 +153,6 @@ def _csv_value(v: str | None) -> Any:
 
 
 def _chatterbot_rows(path: Path) -> Iterator[Row]:
-    import yaml
     files = [path] if path.is_file() else sorted(path.glob("*.yml")) + sorted(path.glob("*.yaml"))
     if not files:
         raise UserError(f"{path}: no chatterbot .yml files")
@@ -171,7 +172,7 @@ def _chatterbot_rows(path: Path) -> Iterator[Row]:
 
 def _dataset_rows(path: str, split: str, subset: str | None) -> Iterator[Row]:
     """A hub dataset id or a local dataset folder, through `datasets` (streaming, nothing cached whole)."""
-    import datasets
+    import datasets  # ~1 s to import: only for hub ids and dataset folders
     try:
         ds = datasets.load_dataset(path, name=subset, split=split, streaming=True)
     except Exception as e:  # datasets raises many types: not found, offline, gated, bad config
@@ -183,6 +184,5 @@ def _dataset_rows(path: str, split: str, subset: str | None) -> Iterator[Row]:
 
 def peek(rows: Iterator[Row], n: int = 50) -> tuple[list[Row], Iterator[Row]]:
     """First n rows and an iterator that still yields them."""
-    import itertools
     head = list(islice(rows, n))
     return head, itertools.chain(head, rows)

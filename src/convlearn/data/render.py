@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UserError
-from .records import Conversation, Document
+from .records import Conversation, Document, Message
 from .tokens import Encoded, TokenEncoder, byte_prefix, span_mask
+from .windows import plan_windows
 
 _PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")
 
@@ -123,7 +124,6 @@ class ChatRenderer:
 
     def messages_from(self, raw: list[dict]) -> list[dict]:
         """Template messages for plain {role, content} dicts (system prompt and folding as for records)."""
-        from .records import Conversation, Message
         return self.messages(Conversation("", "", [Message(m["role"], m["content"]) for m in raw]))
 
     def generation_prompt(self, msgs: list[dict]) -> str:
@@ -195,7 +195,6 @@ class ChatRenderer:
 
     # -- windows for conversations longer than max_seq_len -----------------------------------------------
     def _windows(self, conv: Conversation, full: Rendered, full_enc: Encoded) -> list[Sample]:
-        from .windows import plan_windows
         self.stats.counts["conversations_windowed"] += 1
         msgs = self.messages(conv)
         samples: list[Sample] = []
@@ -249,7 +248,7 @@ class ChatRenderer:
 
 def _compiled_template(tokenizer):
     try:  # transformers' own (cached, sandboxed) compilation of the template, so it renders identically
-        from transformers.utils.chat_template_utils import _compile_jinja_template
+        from transformers.utils.chat_template_utils import _compile_jinja_template  # private: may move
         return _compile_jinja_template(tokenizer.chat_template)
     except Exception:  # a private helper: if it moves, apply_chat_template is the (slower) way
         return None

@@ -7,7 +7,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .hygiene import RecordFilter, is_heldout, language_code, scrub, split_key
+from .hygiene import RecordFilter, language_code, scrub
+from .splits import is_heldout, split_key
 from .readers import is_chatterbot_path, peek, read_rows
 from .records import Conversation, DataStats, Document, Skip
 from .sources import adapt, count_placeholders, detect_format

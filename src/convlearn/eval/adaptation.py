@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .records import EvalRecord, load_evals
+
 
 def phases_from_metrics(metrics: list[dict]) -> list[dict]:
     """Contiguous runs of steps whose batches were mostly one domain: [{domain, start, end}]."""
@@ -21,16 +23,15 @@ def phases_from_metrics(metrics: list[dict]) -> list[dict]:
     return phases
 
 
-def _domain_losses(evals: list[dict]) -> dict[str, dict[int, float]]:
+def _domain_losses(evals: list[EvalRecord]) -> dict[str, dict[int, float]]:
     out: dict[str, dict[int, float]] = {}
     for e in evals:
-        groups = e.get("evaluations", {}).get("domain_ppl", {}).get("groups", {}).get("domain", {})
-        for dom, fig in groups.items():
-            out.setdefault(dom, {})[e["step"]] = fig["all"]["loss"]
+        for dom, fig in e.domain_perplexity("domain").items():
+            out.setdefault(dom, {})[e.step] = fig.loss
     return out
 
 
-def adaptation(metrics: list[dict], evals: list[dict], levels: list[float]) -> dict:
+def adaptation(metrics: list[dict], evals: list[EvalRecord], levels: list[float]) -> dict:
     phases = phases_from_metrics(metrics)
     losses = _domain_losses(evals)
     switches = []
@@ -60,7 +61,6 @@ def adaptation(metrics: list[dict], evals: list[dict], levels: list[float]) -> d
 
 
 def write_adaptation(run_dir: Path, levels: list[float]) -> dict | None:
-    from .forgetting import load_evals
     run_dir = Path(run_dir)
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     result = adaptation(metrics, load_evals(run_dir), levels)

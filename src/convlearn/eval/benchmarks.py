@@ -15,6 +15,8 @@ import random
 from importlib.metadata import version
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from ..errors import UserError
 
 TASK_YAML = {"hellaswag": "hellaswag/hellaswag.yaml", "arc_challenge": "arc/arc_challenge.yaml",
@@ -29,7 +31,7 @@ def lm_eval_version() -> str:
 
 
 def _tasks_dir() -> Path:
-    import lm_eval.tasks
+    import lm_eval.tasks  # lm-eval: 3.4 s to import, only when a benchmark runs (here and below)
     return Path(lm_eval.tasks.__file__).parent
 
 
@@ -47,7 +49,6 @@ def read_split_file(data_dir: Path, split: str) -> Path | None:
 
 def _rows(path: Path) -> list[dict]:
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
         return pq.read_table(path).to_pylist()
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json" and text.lstrip().startswith("["):

@@ -1,50 +1,44 @@
-"""Forgetting analysis over a run's `evals/step-*.json`: per figure the change from step 0 (absolute and
+"""Forgetting analysis over a run's evaluation records: per figure the change from step 0 (absolute and
 relative), the largest drop at any step, backward transfer across phases, and flags against thresholds."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
-# figure -> (path into a step record, higher is better)
-def _series_keys(record: dict) -> dict[str, tuple[tuple, bool]]:
-    keys = {}
-    ev = record["evaluations"]
-    for name in ("conversation_ppl", "original_ppl"):
-        if name in ev and "all" in ev[name]:
-            keys[f"{name}.loss"] = ((name, "all", "loss"), False)
-            keys[f"{name}.bits_per_byte"] = ((name, "all", "bits_per_byte"), False)
-    for name in ("benchmarks", "mmlu_quick"):
-        for bench, fig in ev.get(name, {}).items():
-            if isinstance(fig, dict) and "score" in fig:
-                keys[f"{name}.{bench}"] = ((name, bench, "score"), True)
-    if "probes" in ev and "ll_accuracy" in ev["probes"]:
-        keys["probes.ll_accuracy"] = (("probes", "ll_accuracy"), True)
-    if "quality" in ev and ev["quality"].get("rougeL") is not None:
-        keys["quality.rougeL"] = (("quality", "rougeL"), True)
-    return keys
+from .records import PERPLEXITIES, EvalRecord, load_evals
+
+Reader = Callable[[EvalRecord], float | None]
 
 
-def _get(record: dict, path: tuple):
-    node = record["evaluations"]
-    for p in path:
-        if not isinstance(node, dict) or p not in node:
-            return None
-        node = node[p]
-    return node if isinstance(node, (int, float)) else None
+def _series_readers(record: EvalRecord) -> dict[str, tuple[Reader, bool]]:
+    """figure name -> (how to read it from a record, higher is better), for the figures `record` has."""
+    readers: dict[str, tuple[Reader, bool]] = {}
+    for name in PERPLEXITIES:
+        if record.perplexity(name) is not None:
+            readers[f"{name}.loss"] = (lambda r, n=name: _attr(r.perplexity(n), "loss"), False)
+            readers[f"{name}.bits_per_byte"] = (lambda r, n=name: _attr(r.perplexity(n), "bits_per_byte"), False)
+    for kind, bench in record.benchmark_scores():
+        readers[f"{kind}.{bench}"] = (lambda r, k=kind, b=bench: r.benchmark(b, k), True)
+    if record.probe("ll_accuracy") is not None:
+        readers["probes.ll_accuracy"] = (lambda r: r.probe("ll_accuracy"), True)
+    if record.rouge_l() is not None:
+        readers["quality.rougeL"] = (lambda r: r.rouge_l(), True)
+    return readers
 
 
-def load_evals(run_dir: Path) -> list[dict]:
-    files = sorted((Path(run_dir) / "evals").glob("step-*.json"), key=lambda p: int(p.stem.split("-")[1]))
-    return [json.loads(f.read_text()) for f in files]
+def _attr(obj, name: str):
+    return getattr(obj, name) if obj is not None else None
 
 
-def analyze(records: list[dict], eval_cfg, phases: list[dict] | None = None) -> dict:
-    if not records or records[0]["step"] != 0:
+def analyze(records: list[EvalRecord], eval_cfg, phases: list[dict] | None = None) -> dict:
+    records = [r if isinstance(r, EvalRecord) else EvalRecord.from_json(r) for r in records]
+    if not records or records[0].step != 0:
         return {"skipped": "no step-0 evaluation to compare with"}
     base = records[0]
-    out = {"steps": [r["step"] for r in records], "figures": {}, "flags": {}}
-    for name, (path, higher_better) in _series_keys(base).items():
-        series = [(r["step"], _get(r, path)) for r in records if _get(r, path) is not None]
+    out = {"steps": [r.step for r in records], "figures": {}, "flags": {}}
+    for name, (read, higher_better) in _series_readers(base).items():
+        series = [(r.step, read(r)) for r in records if read(r) is not None]
         v0, (last_step, v1) = series[0][1], series[-1]
         drop = lambda v: (v0 - v) if higher_better else (v - v0)  # noqa: E731 (positive = worse)
         worst = max(series, key=lambda sv: drop(sv[1]))
@@ -67,13 +61,12 @@ def analyze(records: list[dict], eval_cfg, phases: list[dict] | None = None) -> 
     return out
 
 
-def backward_transfer(records: list[dict], phases: list[dict]) -> dict:
+def backward_transfer(records: list[EvalRecord], phases: list[dict]) -> dict:
     """BWT over phases (each {domain, end_step}): mean over all but the last phase of the change in that
     domain's held-out loss between the end of its phase and the end of the run (positive = forgotten)."""
-    def domain_loss(record, domain):
-        groups = record["evaluations"].get("domain_ppl", {}).get("groups", {}).get("domain", {})
-        return groups.get(domain, {}).get("all", {}).get("loss")
-    by_step = {r["step"]: r for r in records}
+    def domain_loss(record: EvalRecord, domain: str):
+        return _attr(record.domain_perplexity("domain").get(domain), "loss")
+    by_step = {r.step: r for r in records}
     final = records[-1]
     terms = {}
     for phase in phases[:-1]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..train.batches import collate
+from ..data.batching import collate
 
 
 @torch.no_grad()

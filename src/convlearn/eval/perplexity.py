@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from ..train.batches import collate
+from ..data.batching import collate
 
 FIELDS = ("nats_all", "tokens_all", "bytes_all", "nats_assistant", "tokens_assistant", "bytes_assistant")
 

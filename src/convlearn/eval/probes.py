@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+from ..errors import UserError
 from .generation import continuation_logprobs, greedy_answers
 
 
@@ -17,7 +18,6 @@ def load_probes(path: str | Path) -> list[dict]:
     probes = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     for i, p in enumerate(probes):
         if not {"question", "answer", "distractors"} <= set(p):
-            from ..errors import UserError
             raise UserError(f"{path}: probe {i} needs question, answer and distractors")
     return probes
 

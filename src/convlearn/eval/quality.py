@@ -15,7 +15,7 @@ from .generation import continuation_logprobs, greedy_answers
 
 
 def rouge_l(answers: list[str], references: list[str]) -> list[float]:
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer  # 2.3 s to import (nltk): only when quality runs
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     return [scorer.score(r, a)["rougeL"].fmeasure for a, r in zip(answers, references)]
 

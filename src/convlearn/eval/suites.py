@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
+from huggingface_hub import constants
 
 from ..data.prepare import renderer_for
 from ..data.records import DataStats, Document
+from ..data.splits import original_eval_documents
 from ..data.stream import read_source
 from ..errors import UserError
+from .benchmarks import Benchmarks
 from .perplexity import figures, grouped_figures, sample_losses
+from .probes import load_probes, probe_figures
+from .quality import response_quality
+from .records import EvalRecord
 
 
 def schedule_for(eval_cfg, max_steps: int) -> dict[int, str]:
@@ -60,7 +65,6 @@ class RunEvaluator:
 
     def _check_offline(self, suites: set[str] | None) -> None:
         """Offline, fail before any work if a suite that will run needs the hub (naming the key)."""
-        from huggingface_hub import constants
         if not constants.HF_HUB_OFFLINE:
             return
         if suites is None:
@@ -93,13 +97,10 @@ class RunEvaluator:
     def original(self):
         """The original-distribution documents, tokenized once, as an in-memory dataset."""
         if self._original is None:
-            import datasets
+            import datasets  # ~1 s to import: only when the original text is scored
             docs = [d for d in read_source(self.ecfg.original, DataStats(), None, False)
                     if isinstance(d, Document)]
-            from ..data.hygiene import is_heldout, split_key
-            from ..train.replay import ORIGINAL_HELDOUT, replay_shares_eval_source
-            if replay_shares_eval_source(self.cfg):  # never score text replay could draw (any ratio: comparable)
-                docs = [d for d in docs if is_heldout(split_key(d), ORIGINAL_HELDOUT)]
+            docs = original_eval_documents(self.cfg, docs)
             samples = [s for group in self.renderer.render_documents(docs) for s in group]
             self._original = datasets.Dataset.from_dict({
                 "input_ids": [s.input_ids.tolist() for s in samples],
@@ -126,8 +127,6 @@ class RunEvaluator:
         return out
 
     def run(self, model, step: int, suite: str) -> dict:
-        from .probes import load_probes, probe_figures
-        from .quality import response_quality
         self._losses = None
         record = {"step": step, "suite": suite, "evaluations": {}, "seconds": {},
                   "settings": {"heldout_samples": len(self.heldout), "batch_size": self.ecfg.batch_size}}
@@ -158,7 +157,6 @@ class RunEvaluator:
 
     def benchmarks(self):
         if self._benchmarks is None:
-            from .benchmarks import Benchmarks
             self._benchmarks = Benchmarks(self.ecfg, self.cfg.render.max_seq_len, self.out / "lm_eval_tasks")
         return self._benchmarks
 
@@ -169,23 +167,23 @@ class RunEvaluator:
 
 def headline(record: dict) -> dict:
     """The scalars worth a curve: conversation/original perplexity, quality, probes, benchmark scores."""
-    ev, out = record["evaluations"], {}
-    for key in ("conversation_ppl", "original_ppl"):
-        if key in ev and "all" in ev[key]:
-            out[f"{key}/all"] = ev[key]["all"]["ppl"]
-            out[f"{key}/bits_per_byte"] = ev[key]["all"]["bits_per_byte"]
-            if ev[key].get("assistant", {}).get("tokens"):
-                out[f"{key}/assistant"] = ev[key]["assistant"]["ppl"]
-    if "quality" in ev and ev["quality"].get("rougeL") is not None:
-        out["quality/rougeL"] = ev["quality"]["rougeL"]
-    if "probes" in ev and "ll_accuracy" in ev["probes"]:
-        out["probes/ll_accuracy"] = ev["probes"]["ll_accuracy"]
-        out["probes/answer_contained"] = ev["probes"]["answer_contained"]
-    for key in ("benchmarks", "mmlu_quick"):
-        for name, fig in ev.get(key, {}).items():
-            if isinstance(fig, dict) and isinstance(fig.get("score"), (int, float)):
-                out[f"{key}/{name}"] = fig["score"]
-    return {k: v for k, v in out.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    return EvalRecord.from_json(record).headline()
+
+
+class ScheduledEvaluator:
+    """The training loop's evaluator: the suite scheduled at a step (the final suite at the run's last step when
+    none is scheduled there) on the live model; returns the headline scalars for telemetry."""
+
+    def __init__(self, evaluator: RunEvaluator, eval_cfg, max_steps: int):
+        self.evaluator = evaluator
+        self.schedule = schedule_for(eval_cfg, max_steps)
+        self.final_suite = eval_cfg.final_suite
+
+    def due(self, step: int, last: bool = False) -> bool:
+        return step in self.schedule or (last and self.final_suite is not None)
+
+    def run(self, step: int, model) -> dict:
+        return headline(self.evaluator.run(model, step, self.schedule.get(step) or self.final_suite))
 
 
 def _json(x):

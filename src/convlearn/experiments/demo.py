@@ -13,13 +13,18 @@ import time
 from pathlib import Path
 
 from ..config import load_config
-
-REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "experiments" / "tiny"
+from ..data.docstring_mmlu import write_docstring_mmlu
+from ..data.probes import write_probes
+from ..errors import UserError
+from ..tiny import build_tiny_model
+from ..train.checkpoint import MODEL_DIR, checkpoint_path
+from .report import headline_table, write_report
+from .run import run_training
+from .sweep import PACKAGED, load_sweep, run_sweep
 
 
 def pretrain_base(out: Path, tiny: Path, steps: int) -> Path:
     """The base model: the twin trained on docstrings with our own loop, saved with its tokenizer."""
-    from .run import run_training
     base = out / "base"
     if (base / "config.json").is_file():
         return base
@@ -31,7 +36,7 @@ def pretrain_base(out: Path, tiny: Path, steps: int) -> Path:
     run_dir = out / "pretrain"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_training(cfg, run_dir)
-    shutil.copytree(run_dir / "checkpoints" / f"step-{steps:08d}" / "model", base)
+    shutil.copytree(checkpoint_path(run_dir, steps) / MODEL_DIR, base)
     for f in tiny.iterdir():  # the tokenizer travels with the weights
         if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
             shutil.copy(f, base / f.name)
@@ -40,11 +45,6 @@ def pretrain_base(out: Path, tiny: Path, steps: int) -> Path:
 
 def run_demo(out: str | Path, pretrain_steps: int = 400, train_steps: int = 200) -> dict:
     """The full demo (~5.5 min on 2 cores); `convlearn demo --quick` shortens both phases for CI."""
-    from ..data.docstring_mmlu import write_docstring_mmlu
-    from ..data.probes import write_probes
-    from ..tiny import build_tiny_model
-    from .report import headline_table, write_report
-    from .sweep import load_sweep, run_sweep
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -62,7 +62,7 @@ def run_demo(out: str | Path, pretrain_steps: int = 400, train_steps: int = 200)
     # the shortened (CI) demo also evaluates on less: fewer original documents and MMLU questions
     quick_evals = ", eval.original.limit=600, eval.mmlu_quick_per_subject=10" if train_steps < 100 else ""
     sweep_file = out / "demo_sweep.yaml"
-    base_cfg = (REPO_CONFIGS / "base.yaml").read_text().replace("runs/demo/", f"{out}/")
+    base_cfg = (PACKAGED / "tiny" / "base.yaml").read_text().replace("runs/demo/", f"{out}/")
     (out / "base.yaml").write_text(base_cfg)
     sweep_file.write_text(f"""name: demo
 experiment: optimizers
@@ -79,7 +79,6 @@ runs:
     result = run_sweep(sweep_file, out / "runs")
     failed = {k: v for k, v in result["runs"].items() if v not in (0, "skipped")}
     if failed:
-        from ..errors import UserError
         raise UserError(f"demo runs failed: {failed} (see {out / 'runs'}/<run>/train.log)")
     print("[5/5] report ...", flush=True)
     sweep = load_sweep(sweep_file)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .verdicts import log_linear_fit
+
 
 def _plt():
-    import matplotlib
+    import matplotlib  # ~1 s to import: only when a report draws
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
@@ -69,7 +71,6 @@ def make_plots(runs: list[dict], out: Path, experiment: str) -> list[Path]:
         pts = sorted((r["conversations"], r["conversation_ppl_final"]) for r in runs
                      if r.get("conversations") and r.get("conversation_ppl_final"))
         if len(pts) >= 2:
-            from .verdicts import log_linear_fit
             fit = log_linear_fit([float(x) for x, _ in pts], [y for _, y in pts])
             fig, ax = plt.subplots(figsize=(6, 4))
             ax.plot([x for x, _ in pts], [y for _, y in pts], "o", label="runs")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .figures import run_figures
+from .plots import make_plots
 from .verdicts import CRITERIA, hypothesis, success_criteria
 
 LEARNING = ["method", "rank", "replay_ratio", "conversations", "steps", "conversation_ppl_step0",
@@ -35,7 +36,6 @@ def write_report(run_dirs: list[str | Path], out: str | Path, experiment: str = 
     hyp = hypothesis(experiment, runs)
     if hypothesis_text and not hyp.get("statement"):
         hyp["statement"] = hypothesis_text
-    from .plots import make_plots
     plots = make_plots(runs, out, experiment)
 
     with open(out / "figures.csv", "w", newline="") as fh:  # every figure, long format

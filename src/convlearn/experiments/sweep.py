@@ -13,6 +13,9 @@ Each run is its own `convlearn train` process, so a crash in one never takes the
       replay: [{name: r0, set: [replay.ratio=0.0]}, {name: r10, set: [replay.ratio=0.1]}]
     runs: [{name: extra, set: [...]}]  # explicit runs, in addition to the grid
     seeds: [0, 1]                      # several seeds per point (suffix -s<seed>)
+
+The tiny offline experiments ship inside the package (`convlearn sweep tiny/optimizers`, after `make demo`
+built their base model in runs/demo).
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ import yaml
 
 from ..config import load_config
 from ..errors import ConfigError, UserError
+from ..train.checkpoint import latest_checkpoint
+from ..train.methods import method_for
 
 EXPERIMENTS = ("optimizers", "data_scaling", "online", "replay", "custom")
 
@@ -63,10 +68,23 @@ def _points(items, where: str) -> list[dict]:
     return out
 
 
+PACKAGED = Path(__file__).parent  # tiny/*.yaml ship as package data
+
+
+def sweep_path(name: str | Path) -> Path:
+    """A sweep file: a path, or the name of a packaged one (`tiny/optimizers`)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    packaged = PACKAGED / (str(name) if str(name).endswith(".yaml") else f"{name}.yaml")
+    if packaged.is_file():
+        return packaged
+    shipped = ", ".join(f"tiny/{p.stem}" for p in sorted((PACKAGED / "tiny").glob("*.yaml")) if p.stem != "base")
+    raise UserError(f"sweep file not found: {path} (packaged experiments: {shipped})")
+
+
 def load_sweep(path: str | Path) -> Sweep:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sweep file not found: {path}")
+    path = sweep_path(path)
     try:
         spec = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:
@@ -105,15 +123,14 @@ def load_sweep(path: str | Path) -> Sweep:
     if len(set(names)) != len(names):
         raise ConfigError("grid", "run names repeat; give the points distinct names")
     sweep = Sweep(spec.get("name", path.stem), experiment, spec.get("hypothesis", ""), base, runs, path)
-    for r in runs:  # every run's config must be valid before anything starts
-        load_config(base, r.overrides)
+    for r in runs:  # every run's config (and its method) must be valid before anything starts
+        method_for(load_config(base, r.overrides).method)
     return sweep
 
 
 def run_state(out: Path) -> str:
     if (out / "summary.json").is_file():
         return "finished"
-    from ..train.checkpoint import latest_checkpoint
     return "interrupted" if latest_checkpoint(out) is not None else "new"
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.utils.checkpoint import checkpoint
+
+from ..data.batching import collate
 
 
 class BatchStream:
@@ -95,19 +98,6 @@ class BatchStream:
         return batch
 
 
-def collate(ids: list, masks: list, pad_id: int, indices: list[int] | None = None) -> dict:
-    longest = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), longest), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(ids), longest), dtype=torch.long)
-    loss_mask = torch.zeros((len(ids), longest), dtype=torch.bool)
-    for i, (x, m) in enumerate(zip(ids, masks)):
-        input_ids[i, :len(x)] = torch.as_tensor(np.asarray(x, dtype=np.int64))
-        attention[i, :len(x)] = 1
-        loss_mask[i, :len(m)] = torch.as_tensor(np.asarray(m, dtype=bool))
-    return {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask,
-            "indices": indices or []}
-
-
 def token_losses(model, batch: dict, autocast=None, chunk_tokens: int = 0) -> tuple[torch.Tensor, int]:
     """(sum of next-token cross-entropy over the loss mask, number of those tokens).
 
@@ -140,7 +130,6 @@ def _head_loss(hidden, targets, weight, bias, softcap):
 def chunked_cross_entropy(hidden: torch.Tensor, targets: torch.Tensor, model, chunk_tokens: int) -> torch.Tensor:
     """Sum of cross-entropy of the model's output head over `hidden` [tokens, width], `chunk_tokens` at a time
     with activation checkpointing per chunk (the head's weight gets the same gradient as unchunked)."""
-    from torch.utils.checkpoint import checkpoint
     inner = getattr(model, "module", model)  # DDP
     head = inner.get_output_embeddings()
     softcap = getattr(inner.config, "final_logit_softcapping", None)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass
@@ -42,7 +43,6 @@ class Dist:
     def wrap(self, model: torch.nn.Module, device: str) -> torch.nn.Module:
         if self.world == 1:
             return model
-        from torch.nn.parallel import DistributedDataParallel
         ids = [self.local_rank] if device.startswith("cuda") else None
         return DistributedDataParallel(model, device_ids=ids)
 

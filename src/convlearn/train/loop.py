@@ -1,38 +1,40 @@
-"""The training loop every method runs through: same data order, same figures, exact resume."""
+"""The training loop every method runs through: same data order, same figures, exact resume.
+
+The Trainer is given its parts (train/build.py makes them from a run config): a `Trainable` (model + method +
+optimizer), the batch stream (replay inside), a checkpointer, telemetry, and optionally an evaluator. It reads
+only the `train` section. It knows nothing of evaluation beyond asking the evaluator whether a step is due.
+"""
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
+from typing import Protocol
 
 import torch
+from tqdm import tqdm
 
-from ..config import dump_config
-from ..errors import UserError
-from ..models import load_model, load_tokenizer, model_spec, resolve_device
 from .batches import BatchStream, token_losses
-from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
+from .checkpoint import Checkpointer, set_rng_state
 from .distributed import Dist
 from .galore import state_bytes
-from .methods import Method, build_method
-from .replay import ORIGINAL_HELDOUT, replay_shares_eval_source
+from .methods import Trainable
 from .telemetry import Telemetry, cuda_peak_bytes, tensor_bytes
 
-# An evaluator is called as evaluator(model, step) -> scalars at the steps in evaluator.schedule ({step: suite}).
-Evaluator = Callable[[torch.nn.Module, int], dict]
+
+class Evaluator(Protocol):
+    """What the loop needs of evaluation: whether a step is due, and running it on the live model."""
+
+    def due(self, step: int, last: bool) -> bool: ...
+
+    def run(self, step: int, model: torch.nn.Module) -> dict: ...
 
 
 class RunStopped(Exception):
     """Training had to stop (too many non-finite steps); a checkpoint of the last good state was written."""
-
-
-def precision_of(cfg, device: str) -> str:
-    p = cfg.train.precision
-    return ("bf16" if device.startswith("cuda") else "fp32") if p == "auto" else p
 
 
 def lr_factor(step: int, t) -> float:
@@ -47,103 +49,35 @@ def lr_factor(step: int, t) -> float:
     return t.min_lr_ratio + (1 - t.min_lr_ratio) * shape
 
 
-def _load_lora_adapter(method: Method, path: Path) -> None:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-    set_peft_model_state_dict(method.model, load_file(str(path / "adapter_model.safetensors")))
-
-
 class Trainer:
-    def __init__(self, cfg, out: Path, *, max_steps: int | None = None, resume: bool = False,
-                 evaluator_factory: Callable[..., Evaluator] | None = None):
-        from ..data.prepare import prepare
-        self.cfg, self.out = cfg, Path(out)
-        self.max_steps = max_steps or cfg.train.max_steps
-        device = resolve_device(cfg.model.device)
-        self.dist = Dist.from_env(device)
-        self.device = f"cuda:{self.dist.local_rank}" if device == "cuda" else device
-        self.precision = precision_of(cfg, device)
-        if self.dist.world > 1 and cfg.method.layerwise:
-            raise UserError("method.layerwise: not supported under DDP (each rank would update its weights in "
-                            "a backward hook before gradients are averaged); run it on one process")
-        self.ckpt = latest_checkpoint(self.out) if resume else None
-        if not resume and latest_checkpoint(self.out) is not None:
-            raise UserError(f"{self.out} already holds checkpoints: pass --resume, or choose another --out")
-        torch.manual_seed(cfg.seed)
-        if self.dist.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(dump_config(cfg))
-
-        self.tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
-        self.spec = model_spec(cfg.model.name, cfg.model.revision)
-        if not self.dist.main:
-            self.dist.barrier()  # rank 0 prepares (or finds the cache) first
-        self.prepared = prepare(cfg, self.tokenizer, self.spec, progress=self.dist.main and cfg.logging.progress)
-        if self.dist.main:
-            self.dist.barrier()
-
-        dtype = "bfloat16" if self.precision == "bf16" else "float32"
-        weights = str(self.ckpt / "model") if self.ckpt and cfg.method.name != "lora" else cfg.model.name
-        model = load_model(weights, revision=None if self.ckpt else cfg.model.revision, dtype=dtype,
-                           device=device, attn_implementation=cfg.model.attn_implementation,
-                           trust_remote_code=cfg.model.trust_remote_code).to(self.device)
-        if cfg.train.activation_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.config.use_cache = False
-        self.method = build_method(model, cfg, self.spec, device, seed=cfg.seed)
-        if self.ckpt and cfg.method.name == "lora":
-            _load_lora_adapter(self.method, self.ckpt / "model")
-        self.model = self.dist.wrap(self.method.model, self.device)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.method.optimizer,
-                                                           lambda s: lr_factor(s, cfg.train))
-        pad = self.tokenizer.pad_token_id
-        pad = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
-        mask = "token_mask" if cfg.render.loss == "all" else "assistant_mask"
-        mixer, original = self._replay(prepare)
-        self.stream = BatchStream(self.prepared.dataset("train"), cfg.train.batch_size, seed=cfg.seed,
-                                  order=cfg.train.order, mask=mask, pad_id=pad, rank=self.dist.rank,
-                                  world=self.dist.world, replay=mixer, original=original,
-                                  single_pass=cfg.train.single_pass)
+    def __init__(self, train_cfg, trainable: Trainable, stream: BatchStream, *, out: Path,
+                 checkpointer: Checkpointer, telemetry: Telemetry, dist: Dist, device: str, precision: str,
+                 evaluator: Evaluator | None = None, max_steps: int | None = None, resume: dict | None = None,
+                 progress: bool = True):
+        self.t, self.trainable, self.stream = train_cfg, trainable, stream
+        self.out, self.checkpointer, self.telemetry, self.evaluator = Path(out), checkpointer, telemetry, evaluator
+        self.dist, self.device, self.precision, self.progress = dist, device, precision, progress
+        self.max_steps = max_steps or train_cfg.max_steps
+        self.model = dist.wrap(trainable.model, device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(trainable.optimizer, lambda s: lr_factor(s, train_cfg))
         self.state = {"step": 0, "tokens": 0, "loss_tokens": 0, "skipped_steps": 0, "bad_in_row": 0}
-        if self.ckpt:
-            ts = load_trainer_state(self.ckpt)
-            self.method.optimizer.load_state_dict(ts["optimizer"])
-            self.scheduler.load_state_dict(ts["scheduler"])
-            self.stream.load_state(ts["stream"])
-            self.state.update(ts["counters"])
-            set_rng_state(ts["rng"])
-        self.telemetry = Telemetry(self.out, cfg, enabled=self.dist.main,
-                                   resume_step=self.state["step"] if self.ckpt else None)
-        self.evaluate = evaluator_factory(self) if evaluator_factory and self.dist.main else None
-        self.autocast = torch.autocast(device, dtype=torch.bfloat16) if self.precision == "bf16-mixed" else None
-        self.last_saved = self.state["step"] if self.ckpt else -1
+        if resume is not None:
+            trainable.optimizer.load_state_dict(resume["optimizer"])
+            self.scheduler.load_state_dict(resume["scheduler"])
+            stream.load_state(resume["stream"])
+            self.state.update(resume["counters"])
+            set_rng_state(resume["rng"])
+        self.autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) \
+            if precision == "bf16-mixed" else None
+        self.last_saved = self.state["step"] if resume is not None else -1
         # Where this process's wall time goes (summary.json "time"): batches, forward/backward/step, evals,
         # checkpoints; the rest is logging and bookkeeping.
         self.timing = {"data": 0.0, "compute": 0.0, "eval": 0.0, "checkpoint": 0.0}
 
-    def _replay(self, prepare):
-        """The replay mixer and the tokenized original-distribution samples it draws from (or None, None)."""
-        r = self.cfg.replay
-        if r.ratio <= 0:
-            return None, None
-        original = None
-        if r.source in ("original", "both"):
-            import dataclasses
-            shared = replay_shares_eval_source(self.cfg)
-            data = dataclasses.replace(self.cfg.data, sources=[r.original], max_conversations=None,
-                                       heldout_fraction=ORIGINAL_HELDOUT if shared else 0.0)
-            original = prepare(dataclasses.replace(self.cfg, data=data), self.tokenizer, self.spec,
-                               progress=self.dist.main and self.cfg.logging.progress).dataset("train")
-            if len(original) == 0:
-                raise UserError("replay.original: no documents to replay")
-        from .replay import ReplayMixer
-        mixer = ReplayMixer(r.ratio, self.cfg.seed, original_size=len(original) if original is not None else 0,
-                            reservoir_size=r.reservoir_size, source=r.source, original_share=r.original_share)
-        return mixer, original
-
     # -- one optimizer step ------------------------------------------------------------------------------
     def _step(self) -> dict:
-        t, lw, opt = self.cfg.train, self.method.layerwise, self.method.optimizer
+        t, tr = self.t, self.trainable
+        lw, opt = tr.layerwise, tr.optimizer
         started = time.perf_counter()
         micro = [self.stream.next() for _ in range(t.grad_accum) if not self.stream.done]
         fetched = time.perf_counter()
@@ -165,7 +99,7 @@ class Trainer:
                     (s * self.dist.world / global_tokens).backward()
             loss_sum += float(s.detach())
         loss_sum = self.dist.sum(loss_sum)
-        grads = [p.grad for p in self.method.trainable]
+        grads = [p.grad for p in tr.trainable]
         grad_bytes = lw.grad_bytes_peak if lw is not None else tensor_bytes(grads)
         grad_norm = None
         if finite and global_tokens > 0:
@@ -173,7 +107,7 @@ class Trainer:
                 grad_norm = lw.grad_norm
                 finite = lw.nonfinite == 0
             else:
-                norm = torch.nn.utils.clip_grad_norm_(self.method.trainable, t.max_grad_norm or float("inf"))
+                norm = torch.nn.utils.clip_grad_norm_(tr.trainable, t.max_grad_norm or float("inf"))
                 grad_norm = float(norm)
                 finite = math.isfinite(grad_norm)
                 if finite:
@@ -203,8 +137,8 @@ class Trainer:
                   "tokens_per_s": input_tokens / elapsed, "step_seconds": elapsed,
                   "data_seconds": fetched - started,
                   "skipped_steps": st["skipped_steps"],
-                  "memory": {"model_param_bytes": tensor_bytes(self.method.model.parameters()),
-                             "trainable_param_bytes": tensor_bytes(self.method.trainable),
+                  "memory": {"model_param_bytes": tensor_bytes(tr.model.parameters()),
+                             "trainable_param_bytes": tensor_bytes(tr.trainable),
                              "grad_bytes_peak": grad_bytes, "optimizer_state_bytes": state_bytes(opt),
                              "cuda_peak_bytes": cuda_peak_bytes()}}
         domains = [d for b in micro for d in b["domains"]]
@@ -222,37 +156,34 @@ class Trainer:
     def _save(self) -> None:
         started = time.perf_counter()
         if self.dist.main:
-            save_checkpoint(self.out, self.state["step"], self.method, {
+            self.checkpointer.save(self.state["step"], self.trainable, {
                 "scheduler": self.scheduler.state_dict(), "stream": self.stream.state(),
-                "counters": dict(self.state)}, self.cfg.train.keep_last)
+                "counters": dict(self.state)})
         self.last_saved = self.state["step"]
         self.dist.barrier()
         self.timing["checkpoint"] += time.perf_counter() - started
 
-    def _eval_due(self) -> bool:
-        return self.evaluate is not None and self.state["step"] in self.evaluate.schedule
-
-    def _eval(self) -> None:
+    def _eval(self, last: bool = False) -> None:
         started = time.perf_counter()
-        if self._eval_due():
+        step = self.state["step"]
+        if self.evaluator is not None and self.evaluator.due(step, last):
             self.model.eval()
             with torch.no_grad():
-                figures = self.evaluate(self.method.model, self.state["step"])
+                figures = self.evaluator.run(step, self.trainable.model)
             self.model.train()
-            self.telemetry.log_eval(self.state["step"], figures)
+            self.telemetry.log_eval(step, figures)
         self.dist.barrier()
         self.timing["eval"] += time.perf_counter() - started
 
     # -- the run ---------------------------------------------------------------------------------------
     def run(self) -> dict:
-        from tqdm import tqdm
-        t = self.cfg.train
+        t = self.t
         run_started = time.perf_counter()
         self.model.train()
         if self.state["step"] == 0:
             self._eval()
         bar = tqdm(total=self.max_steps, initial=self.state["step"], unit="step", dynamic_ncols=True, mininterval=1.0,
-                   disable=not (self.dist.main and self.cfg.logging.progress))
+                   disable=not (self.dist.main and self.progress))
         records = []
         try:
             while self.state["step"] < self.max_steps and not self.stream.done:
@@ -273,10 +204,7 @@ class Trainer:
                     self._eval()
             if self.last_saved != self.state["step"]:
                 self._save()
-            if self.evaluate is not None and self.state["step"] not in self.evaluate.schedule \
-                    and self.cfg.eval.final_suite is not None:  # a single pass ended before max_steps
-                self.evaluate.schedule[self.state["step"]] = self.cfg.eval.final_suite
-            self._eval()
+            self._eval(last=True)
         finally:
             bar.close()
             self.telemetry.close()
@@ -288,9 +216,11 @@ class Trainer:
 
     def _summary(self, records: list[dict], timing: dict) -> dict:
         good = [r for r in records if math.isfinite(r["loss"])]
+        tr = self.trainable
         summary = {
-            "method": self.method.name, "steps": self.state["step"], "tokens": self.state["tokens"],
-            "loss_tokens": self.state["loss_tokens"], "skipped_steps": self.state["skipped_steps"],
+            "method": tr.name, "method_label": tr.method.label, "steps": self.state["step"],
+            "tokens": self.state["tokens"], "loss_tokens": self.state["loss_tokens"],
+            "skipped_steps": self.state["skipped_steps"],
             "final_loss": good[-1]["loss"] if good else None,
             "mean_tokens_per_s": (sum(r["tokens_per_s"] for r in records) / len(records)) if records else None,
             "peak_memory": {k: max((r["memory"][k] or 0) for r in records) for k in records[0]["memory"]}
@@ -299,9 +229,5 @@ class Trainer:
             **({"galore": records[-1]["galore"]} if records and "galore" in records[-1] else {}),
         }
         if self.dist.main:
-            import json
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
-            if self.method.name == "lora" and self.cfg.method.save_merged:
-                self.method.model.merge_and_unload().save_pretrained(self.out / "merged")
-                self.tokenizer.save_pretrained(self.out / "merged")
         return summary

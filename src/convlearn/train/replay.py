@@ -7,20 +7,7 @@ few integers plus the reservoir's indices: it goes into the checkpoint and resum
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-
-ORIGINAL_HELDOUT = 0.1  # share of a text source kept for evaluation when replay draws from the same source
-
-
-def replay_shares_eval_source(cfg) -> bool:
-    """Replay and the original-distribution evaluation read the same text: split it so they never overlap."""
-    a, b = cfg.replay.original, cfg.eval.original
-    if a is None or b is None or a.path != b.path:
-        return False
-    local = a.path in ("python-docstrings", "chatterbot") or Path(a.path).exists()
-    return local or (a.subset, a.split) == (b.subset, b.split)  # split/subset only name parts of hub datasets
 
 
 class ReplayMixer:

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+
+from ..errors import UserError
 
 
 def tensor_bytes(tensors) -> int:
@@ -25,13 +28,12 @@ class Telemetry:
         elif self.metrics_path.exists():
             self.metrics_path.unlink()
         if cfg.logging.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # 2.3 s to import: only when enabled
             self.tb = SummaryWriter(str(self.out / "tb"), purge_step=resume_step)
         if cfg.logging.wandb:
             try:
-                import wandb
+                import wandb  # optional extra
             except ImportError:
-                from ..errors import UserError
                 raise UserError("logging.wandb needs the wandb package: pip install 'convlearn[wandb]'") from None
             self.wandb = wandb.init(project=cfg.logging.wandb_project, mode=cfg.logging.wandb_mode,
                                     dir=str(self.out), name=self.out.name, resume="allow",
@@ -86,7 +88,6 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def _plain(cfg):
-    from dataclasses import asdict
     return asdict(cfg)
 
 

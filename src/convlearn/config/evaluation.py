@@ -1,0 +1,105 @@
+"""Config section of evaluation: what is evaluated when, and the success criteria verdicts are judged by."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from ..errors import ConfigError
+from .data import SourceConfig
+from .schema import opt, section
+
+BENCHMARKS = ("mmlu", "hellaswag", "arc_challenge", "truthfulqa_mc2", "gsm8k")
+EVALUATIONS = ("conversation_ppl", "domain_ppl", "original_ppl", "quality", "probes", "mmlu_quick", "benchmarks")
+
+
+@section
+class BenchmarkConfig:
+    name: Literal["mmlu", "hellaswag", "arc_challenge", "truthfulqa_mc2", "gsm8k"] = opt(
+        doc="lm-evaluation-harness task, by its real name.")
+    num_fewshot: Optional[int] = opt(None, "Few-shot examples; null = the task's default (the seed: MMLU 5).",
+                                     ge=0)
+    limit: Optional[int] = opt(None, "At most this many documents (per MMLU subject); null = all.", ge=1)
+    data_dir: Optional[str] = opt(None, "Local copy of the task's data in the hub dataset's schema, one file per "
+                                        "split (`test.jsonl`, `dev.jsonl`, ... or .json/.parquet); the task "
+                                        "definition is generated with absolute paths, same prompts and "
+                                        "metrics. null = download from the hub (online only).")
+
+
+@section
+class ScheduleEntry:
+    step: int = opt(doc="Optimizer step (0 = before training).", ge=0)
+    suite: str = opt(doc="Name of a suite in eval.suites.")
+
+
+@section
+class JudgeConfig:
+    base_url: Optional[str] = opt(None, "OpenAI-compatible endpoint (e.g. http://localhost:8000/v1); null = no "
+                                        "judge (the quality figures say so).")
+    model: str = opt("gpt-4o-mini", "Judge model name at that endpoint.")
+    api_key_env: str = opt("OPENAI_API_KEY", "Environment variable holding the API key (may be unset locally).")
+    max_pairs: int = opt(50, "Answer pairs judged per evaluation.", ge=1)
+    timeout_s: float = opt(60.0, "Seconds per judge request.", gt=0)
+
+
+@section
+class EvalConfig:
+    schedule: list[ScheduleEntry] = opt(
+        [ScheduleEntry(0, "full"), ScheduleEntry(500, "quick"), ScheduleEntry(1000, "full"),
+         ScheduleEntry(2500, "full"), ScheduleEntry(5000, "full")],
+        "(step, suite) pairs; the seed's schedule by default. Steps past the run's end are not run.")
+    every: int = opt(0, "Also run `every_suite` every N steps (online adaptation curves); 0 = no.", ge=0)
+    every_suite: str = opt("quick", "Suite of the periodic evaluations.")
+    adaptation_levels: list[float] = opt([0.5, 0.9], "Online: report steps to these shares of a new topic's "
+                                                     "eventual held-out improvement.")
+    final_suite: Optional[str] = opt("full", "Suite run at the last step when the schedule has none there; "
+                                              "null = none.")
+    suites: dict[str, list[str]] = opt(
+        {"quick": ["conversation_ppl"],
+         "full": ["conversation_ppl", "domain_ppl", "original_ppl", "quality", "probes", "mmlu_quick",
+                  "benchmarks"]},
+        "Named sets of evaluations: conversation_ppl, domain_ppl, original_ppl, quality, probes, mmlu_quick, "
+        "benchmarks.")
+    heldout_samples: Optional[int] = opt(1000, "Held-out conversation samples for perplexities; null = all.",
+                                         ge=1)
+    batch_size: int = opt(8, "Batch size of perplexity and generation passes.", ge=1)
+    domain_by: list[str] = opt(["domain", "language", "source"], "Groupings of per-domain perplexity.")
+    domain_map: Optional[str] = opt(None, "JSON ({id: domain}) or CSV (conversation_id,domain) file that "
+                                          "assigns domains per conversation id (a `mapped` grouping).")
+    original: Optional[SourceConfig] = opt(
+        SourceConfig(path="allenai/c4", format="text", subset="en", split="validation", limit=1000),
+        "Original-distribution text (C4 / RedPajama style) for forgetting perplexity; null = skip.")
+    quality_prompts: int = opt(64, "Held-out assistant turns answered greedily for response quality.", ge=1)
+    max_new_tokens: int = opt(128, "Token limit of each greedy answer.", ge=1)
+    judge: JudgeConfig = opt(JudgeConfig(), "Optional pairwise judge of answers vs the step-0 answers.")
+    probes: Optional[str] = opt(None, "JSONL of knowledge probes {question, answer, distractors: [...]}: facts "
+                                      "that appear only in the training conversations; null = skip.")
+    benchmarks: list[BenchmarkConfig] = opt(
+        [BenchmarkConfig("mmlu", 5), BenchmarkConfig("hellaswag"), BenchmarkConfig("arc_challenge"),
+         BenchmarkConfig("truthfulqa_mc2"), BenchmarkConfig("gsm8k")],
+        "lm-evaluation-harness benchmarks of the `benchmarks` evaluation.")
+    lm_eval_batch_size: int = opt(8, "lm-eval batch size.", ge=1)
+    lm_eval_max_length: Optional[int] = opt(None, "lm-eval context length; null = render.max_seq_len.", ge=16)
+    apply_chat_template: bool = opt(False, "lm-eval: wrap prompts in the model's chat template.")
+    fewshot_as_multiturn: bool = opt(False, "lm-eval: few-shot examples as chat turns (needs the template).")
+    mmlu_quick_per_subject: int = opt(10, "MMLU quick-eval: questions per subject (fixed, seeded subset).", ge=1)
+    mmlu_drop_limit: float = opt(2.0, "Forgetting flag: MMLU drop (points) above which retention is not "
+                                      "acceptable (the seed's Δ < 2%).", ge=0)
+    mmlu_success_bar: float = opt(3.0, "Success bar: MMLU within this many points of step 0.", ge=0)
+
+    def validate(self, path: str) -> None:
+        for i, entry in enumerate(self.schedule):
+            if entry.suite not in self.suites:
+                raise ConfigError(f"{path}.schedule[{i}].suite", f"unknown suite {entry.suite!r} "
+                                                                 f"(suites: {', '.join(self.suites)})")
+        if self.every and self.every_suite not in self.suites:
+            raise ConfigError(f"{path}.every_suite", f"unknown suite {self.every_suite!r}")
+        if self.final_suite is not None and self.final_suite not in self.suites:
+            raise ConfigError(f"{path}.final_suite", f"unknown suite {self.final_suite!r}")
+        for name, items in self.suites.items():
+            for item in items:
+                if item not in EVALUATIONS:
+                    raise ConfigError(f"{path}.suites.{name}", f"unknown evaluation {item!r} (known: "
+                                                               f"{', '.join(EVALUATIONS)})")
+        if self.fewshot_as_multiturn and not self.apply_chat_template:
+            raise ConfigError(f"{path}.fewshot_as_multiturn", "needs eval.apply_chat_template: true")
+
+

@@ -1,0 +1,109 @@
+"""What a training method is: one object per method that owns everything the rest of the system asks of it.
+
+A `Method` is bound to the run's `method` config section. It checks its own keys, builds the model wrapper and
+optimizer (`Trainable`), saves and restores what it trains, loads a trained folder for inference, merges
+adapters, counts its memory, and names itself in tables. The loop, checkpoints, evaluation and reports only
+call these; none of them switches on a method's name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from ...errors import ConfigError
+from ..layerwise import LayerwiseUpdater
+from ..memory import MemoryCount
+
+
+@dataclass
+class Trainable:
+    """A model ready to train: what forward runs on (peft-wrapped for LoRA), its optimizer, and the layer-wise
+    updater when updates happen inside backward."""
+    method: "Method"
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    layerwise: LayerwiseUpdater | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.method.name
+
+    @property
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+class Method:
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""                  # one line for the docs' Methods table
+    keys: ClassVar[tuple[str, ...]] = ()         # method.* keys it reads (docs)
+    embeddings: ClassVar[tuple[str, ...]] = ("train", "freeze")  # method.embeddings values it supports
+    layerwise: ClassVar[bool] = False            # can update inside backward (method.layerwise)
+    adapter: ClassVar[bool] = False              # trains an adapter on a frozen base (saves the adapter only)
+
+    def __init__(self, method_cfg):
+        self.cfg = method_cfg
+
+    # -- config ------------------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise ConfigError (naming the key) for settings this method cannot honour."""
+        m = self.cfg
+        if m.layerwise and not self.layerwise:
+            raise ConfigError("method.layerwise", f"is a GaLore option; method.name is {self.name}")
+        if m.embeddings not in self.embeddings:
+            raise ConfigError("method.embeddings", f"{m.embeddings} is not an option of {self.name} (its "
+                                                   f"options: {', '.join(self.embeddings)})")
+
+    @property
+    def rank(self) -> int | None:
+        """The rank of its low-rank state or adapter, if it has one (tables, reports)."""
+        return None
+
+    @property
+    def label(self) -> str:
+        """A human name with the settings that tell runs apart: `galore r=128 layer-wise`."""
+        parts = [self.name] + ([f"r={self.rank}"] if self.rank is not None else [])
+        if self.cfg.layerwise:
+            parts.append("layer-wise")
+        if self.cfg.embeddings != "train":
+            parts.append(f"embeddings {self.cfg.embeddings}")
+        return " ".join(parts)
+
+    # -- training ----------------------------------------------------------------------------------------
+    def build(self, model: torch.nn.Module, train_cfg, targets: list[str], device: str, seed: int = 0
+              ) -> Trainable:
+        raise NotImplementedError
+
+    def initial_weights(self, base: str, checkpoint_model: Path | None) -> str:
+        """What to load before `build`: the checkpoint's full weights when resuming, else the base model."""
+        return str(checkpoint_model) if checkpoint_model is not None else base
+
+    def restore(self, trainable: Trainable, checkpoint_model: Path) -> None:
+        """Put what a checkpoint holds back into a freshly built trainable (full weights were already loaded
+        by `initial_weights`)."""
+
+    def save(self, trainable: Trainable, path: Path) -> None:
+        """What it trains, as a Hugging Face folder (the full model)."""
+        trainable.model.save_pretrained(path)
+
+    def merged(self, trainable: Trainable) -> torch.nn.Module:
+        """The full model with what was trained folded in."""
+        return trainable.model
+
+    def load_trained(self, folder: Path, load_base, base: str) -> torch.nn.Module:
+        """A saved folder as a model for inference; `load_base(name_or_path)` loads a full model, `base` is the
+        model the run started from."""
+        return load_base(str(folder))
+
+    # -- cost --------------------------------------------------------------------------------------------
+    def count_memory(self, model: torch.nn.Module, targets) -> MemoryCount:
+        raise NotImplementedError
+
+
+def adam_kwargs(train_cfg) -> dict:
+    return dict(lr=train_cfg.lr, betas=tuple(train_cfg.betas), eps=train_cfg.eps,
+                weight_decay=train_cfg.weight_decay)
