@@ -39,7 +39,7 @@ def test_local_tasks_keep_lm_evals_prompts_and_metrics(bench, tmp_path):
 def test_all_five_benchmarks_run_offline_on_the_live_model(bench, tiny_models, tokenizers, tmp_path):
     from convlearn.models import load_model
     model = load_model(str(tiny_models["qwen2"]))
-    out = Benchmarks(eval_cfg(bench), 512, tmp_path).run(model, tokenizers["qwen2"])
+    out = Benchmarks(eval_cfg(bench), tmp_path).run(model, tokenizers["qwen2"])
     assert out["lm_eval_version"] == lm_eval_version() == "0.4.13"
     expected_n = {"mmlu": 6, "hellaswag": 4, "arc_challenge": 3, "truthfulqa_mc2": 3, "gsm8k": 3}
     for name, n in expected_n.items():
@@ -49,6 +49,12 @@ def test_all_five_benchmarks_run_offline_on_the_live_model(bench, tiny_models, t
     assert out["mmlu"]["num_fewshot"] == 5
     assert out["arc_challenge"]["metric"] == "acc_norm,none" and "acc,none" in out["arc_challenge"]["metrics"]
     assert out["gsm8k"]["metric"] == "exact_match,strict-match"
+    # the model's own context (4096 for the twins), not the training window: 5-shot MMLU is not cut
+    assert out["max_length"] == model.config.max_position_embeddings == 4096
+    # per-question results (paired tests of a change) and the chance level of multiple choice
+    assert len(out["mmlu"]["correct"]) == 6 and set(out["mmlu"]["correct"]) <= {0, 1}
+    assert out["mmlu"]["chance"] == pytest.approx(0.25) and out["gsm8k"]["chance"] is None
+    assert sum(out["hellaswag"]["correct"]) == round(out["hellaswag"]["metrics"]["acc_norm,none"] * 4)
 
 
 def test_mmlu_quick_is_a_seeded_stratified_subset_with_stderr(bench, tiny_models, tokenizers, tmp_path):
@@ -57,8 +63,8 @@ def test_mmlu_quick_is_a_seeded_stratified_subset_with_stderr(bench, tiny_models
     model = get_peft_model(load_model(str(tiny_models["qwen2"])),
                            LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     cfg = eval_cfg(bench)
-    a = Benchmarks(cfg, 512, tmp_path / "a").run(model, tokenizers["qwen2"], quick_mmlu=True)["mmlu_quick"]
-    b = Benchmarks(cfg, 512, tmp_path / "b").run(model, tokenizers["qwen2"], quick_mmlu=True)["mmlu_quick"]
+    a = Benchmarks(cfg, tmp_path / "a").run(model, tokenizers["qwen2"], quick_mmlu=True)["mmlu_quick"]
+    b = Benchmarks(cfg, tmp_path / "b").run(model, tokenizers["qwen2"], quick_mmlu=True)["mmlu_quick"]
     assert a["n"] == 4 and {s["n"] for s in a["subjects"].values()} == {2}  # 2 per subject, on a LoRA model
     assert a == b  # fixed subset, same answers
     assert a["stderr"] == pytest.approx(math.sqrt(a["score"] * (1 - a["score"]) / 4))

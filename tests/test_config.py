@@ -65,3 +65,12 @@ def test_config_reference_is_current():
     assert (ROOT / "docs" / "CONFIG.md").read_text() == docs
     rows = [line for line in docs.splitlines() if line.startswith("| `")]
     assert len(rows) > 25 and all(not line.rstrip().endswith("|  |") for line in rows)
+
+
+def test_gpu_training_defaults_are_the_correct_ones():
+    """Mixed precision on GPU (fp32 master weights and state), the warm projector refresh, global clipping."""
+    cfg = load_config(None)
+    assert cfg.train.precision == "auto" and cfg.method.refresh == "warm"
+    assert cfg.method.layerwise_clipping == "global"
+    assert not hasattr(cfg.eval, "mmlu_success_bar")  # the success bars live in eval.criteria, one place
+    assert cfg.eval.criteria.retention_points == 3.0 and cfg.eval.criteria.conversation_ppl_change == -0.15

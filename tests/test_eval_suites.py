@@ -140,6 +140,9 @@ def test_probes_detect_a_fact_that_training_injects(tmp_path, tiny_models):
     assert before["probes"] == after["probes"] == 4
     assert before["answer_contained"] == 0.0 and after["answer_contained"] >= 0.75
     assert after["ll_accuracy"] == 1.0 and after["mean_margin_nats"] > before["mean_margin_nats"] + 5
+    # phrasings training never saw are scored apart: verbatim recall is not the same evidence
+    assert after["heldout"]["questions"] == 12 and before["heldout"]["ll_accuracy"] < 1.0
+    assert 0 <= after["heldout"]["answer_contained"] <= 1 and after["chance"] == 0.25
 
 
 def _record(step, mmlu, ppl, domains=None):
@@ -147,6 +150,27 @@ def _record(step, mmlu, ppl, domains=None):
     if domains:
         ev["domain_ppl"] = {"groups": {"domain": {d: {"all": {"loss": v}} for d, v in domains.items()}}}
     return {"step": step, "evaluations": ev}
+
+
+def test_probe_heldout_phrasings_never_occur_in_training():
+    from convlearn.data.probes import make_probes
+    probes, conversations = make_probes(n=10, seed=1, mentions=4)
+    training_text = " ".join(m["content"] for c in conversations for m in c["conversation"]).casefold()
+    for p in probes:
+        assert p["question"].casefold() in training_text  # verbatim: the question as training asked it
+        assert len(p["heldout_questions"]) == 3
+        for q in p["heldout_questions"]:
+            assert q.casefold() not in training_text and p["question"] != q
+
+
+def test_overlapping_schedule_entries_run_both_suites():
+    """A scheduled `quick` at step 500 no longer replaces the periodic topic evaluation there."""
+    from convlearn.eval.suites import schedule_for, suite_items
+    cfg = load_config(None, ["eval.every=50", "eval.every_suite=topics", "eval.suites.topics=[domain_ppl]",
+                             "eval.schedule=[{step: 0, suite: full}, {step: 500, suite: quick}]"]).eval
+    plan = schedule_for(cfg, 1000)
+    assert plan[500] == "topics+quick" and plan[450] == "topics" and plan[0] == "full"
+    assert suite_items(cfg, plan[500]) == ["domain_ppl", "conversation_ppl"]
 
 
 def test_forgetting_analysis():

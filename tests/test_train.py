@@ -64,6 +64,9 @@ def test_every_method_learns_from_the_same_start(runs):
         assert any((out / "tb").iterdir())  # TensorBoard events
         for r in m:
             assert {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "skipped_steps"} <= set(r)
+            assert r["memory"]["activation_bytes_peak"] > 0  # measured on CPU from autograd's saved tensors
+        assert summary["tokens_per_s"] == pytest.approx(summary["throughput"]["tokens"]
+                                                        / (t["wall_s"] - t["eval_s"]), rel=1e-3)
 
 
 def test_memory_figures_are_exact_counts(runs, tiny_models):

@@ -44,7 +44,7 @@ def _cmd_data_prepare(args) -> int:
     from .config import load_config
     from .data.prepare import prepare
     from .models import load_tokenizer, model_spec
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set, require=("model.name",))
     tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
     prepared = prepare(cfg, tok, model_spec(cfg.model.name, cfg.model.revision), progress=not args.quiet)
     print(json.dumps({"path": str(prepared.path), **prepared.meta}, indent=2, ensure_ascii=False))
@@ -55,7 +55,7 @@ def _cmd_train(args) -> int:
     from .config import load_config
     from .experiments.run import run_training
     from .train.loop import RunStopped
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set, require=("model.name",))
     try:
         summary = run_training(cfg, args.out, args.max_steps, args.resume)
     except RunStopped as e:
@@ -86,7 +86,8 @@ def _cmd_sweep(args) -> int:
         sweep = load_sweep(args.experiment)
         root = Path(result["root"])
         dirs = [root / r.name for r in sweep.runs if (root / r.name / "config.yaml").is_file()]
-        summary = write_report(dirs, root / "report", sweep.experiment, sweep.name, sweep.hypothesis)
+        summary = write_report(dirs, root / "report", sweep.experiment, sweep.name, sweep.hypothesis,
+                               lr_choice=root / "lr_choice.json")
         result["report"] = summary["report"]
     print(json.dumps(result, indent=2))
     failed = [n for n, rc in result["runs"].items() if rc not in (0, "skipped")]
@@ -95,7 +96,7 @@ def _cmd_sweep(args) -> int:
 
 def _cmd_report(args) -> int:
     from .experiments.report import headline_table, write_report
-    summary = write_report(args.runs, args.out, args.experiment, args.title or "")
+    summary = write_report(args.runs, args.out, args.experiment, args.title or "", lr_choice=args.lr_choice)
     print(headline_table(summary, Path(args.out)))
     print(f"report: {summary['report']}")
     return 0
@@ -103,7 +104,7 @@ def _cmd_report(args) -> int:
 
 def _cmd_demo(args) -> int:
     from .experiments.demo import run_demo
-    run_demo(args.out, *((60, 30) if args.quick else (400, 200)))
+    run_demo(args.out, *((60, 30, 10) if args.quick else (400, 200, 60)))
     return 0
 
 
@@ -145,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="tables, plots, CSV and verdicts from run directories")
     rep.add_argument("runs", nargs="+", help="run directories")
     rep.add_argument("--out", default="runs/report")
-    rep.add_argument("--experiment", default="custom",
-                     choices=["optimizers", "data_scaling", "online", "replay", "custom"])
+    rep.add_argument("--experiment", default="custom", help="optimizers | data_scaling | online | replay | custom "
+                                                             "(whose hypothesis to judge)")
+    rep.add_argument("--lr-choice", default=None, help="lr_choice.json of the sweep's learning-rate search")
     rep.add_argument("--title", default=None)
     rep.set_defaults(func=_cmd_report)
 

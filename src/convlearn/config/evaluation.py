@@ -41,6 +41,32 @@ class JudgeConfig:
 
 
 @section
+class CriteriaConfig:
+    conversation_ppl_change: float = opt(-0.15, "Learning: held-out conversation perplexity over assistant tokens "
+                                                "falls at least this much (relative) from step 0.", lt=0)
+    retention_benchmark: str = opt("mmlu", "The benchmark retention is judged on: an eval.benchmarks name (mmlu "
+                                           "counts its quick-eval when the full one did not run).")
+    retention_points: float = opt(3.0, "Retention: the retention benchmark stays within this many points of "
+                                       "step 0.", gt=0)
+    retention_flag_points: float = opt(2.0, "Forgetting flag in forgetting.json: a retention drop above this many "
+                                            "points (the seed's Δ < 2%).", ge=0)
+    memory_ratio: float = opt(0.5, "Memory: peak memory below this share of AdamW's.", gt=0)
+    speed_ratio: float = opt(0.8, "Speed: throughput above this share of AdamW's.", gt=0)
+    learning_vs_adamw: float = opt(0.9, "Optimizer hypothesis: GaLore's perplexity gain at least this share of "
+                                        "AdamW's.", gt=0)
+    memory_vs_lora: float = opt(1.25, "Optimizer hypothesis: GaLore's peak memory at most this multiple of "
+                                      "LoRA's.", gt=0)
+    scaling_r2: float = opt(0.8, "Data-scaling hypothesis: R² of the log-linear fit.", ge=0, le=1)
+    adaptation_steps: int = opt(1000, "Online hypothesis: median steps for an adapted topic to reach "
+                                      "adaptation_level of its improvement.", ge=1)
+    adaptation_level: float = opt(0.9, "Online hypothesis: the share of a topic's improvement that counts as "
+                                       "adapted (must be one of eval.adaptation_levels).", gt=0, le=1)
+    confidence: float = opt(0.95, "Confidence of every interval; 1 - confidence is the significance level of "
+                                  "every test.", gt=0.5, lt=1)
+    bootstrap_samples: int = opt(2000, "Bootstrap resamples of each interval.", ge=100)
+
+
+@section
 class EvalConfig:
     schedule: list[ScheduleEntry] = opt(
         [ScheduleEntry(0, "full"), ScheduleEntry(500, "quick"), ScheduleEntry(1000, "full"),
@@ -77,13 +103,13 @@ class EvalConfig:
          BenchmarkConfig("truthfulqa_mc2"), BenchmarkConfig("gsm8k")],
         "lm-evaluation-harness benchmarks of the `benchmarks` evaluation.")
     lm_eval_batch_size: int = opt(8, "lm-eval batch size.", ge=1)
-    lm_eval_max_length: Optional[int] = opt(None, "lm-eval context length; null = render.max_seq_len.", ge=16)
+    lm_eval_max_length: Optional[int] = opt(None, "lm-eval context length; null = the model's own (max_position_embeddings).", ge=16)
     apply_chat_template: bool = opt(False, "lm-eval: wrap prompts in the model's chat template.")
     fewshot_as_multiturn: bool = opt(False, "lm-eval: few-shot examples as chat turns (needs the template).")
     mmlu_quick_per_subject: int = opt(10, "MMLU quick-eval: questions per subject (fixed, seeded subset).", ge=1)
-    mmlu_drop_limit: float = opt(2.0, "Forgetting flag: MMLU drop (points) above which retention is not "
-                                      "acceptable (the seed's Δ < 2%).", ge=0)
-    mmlu_success_bar: float = opt(3.0, "Success bar: MMLU within this many points of step 0.", ge=0)
+    criteria: CriteriaConfig = opt(CriteriaConfig(), "The research plan's success criteria and each "
+                                                     "experiment's hypothesis thresholds (the report reads them "
+                                                     "from here; nothing is hard-coded).")
 
     def validate(self, path: str) -> None:
         for i, entry in enumerate(self.schedule):

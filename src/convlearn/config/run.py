@@ -41,15 +41,19 @@ class RunConfig:
 
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML run config, apply `key.path=value` overrides, validate. Errors name the key."""
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                require: tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML run config, apply `key.path=value` overrides, validate. Errors name the key. `require`: keys
+    (like `model.name`) the file or the overrides must set, rather than take a default silently."""
     data: dict = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise UserError(f"config file not found: {p}")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(str(p), f"not UTF-8 text (byte {e.start}); save the config as UTF-8") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
@@ -59,10 +63,17 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     # Overrides apply to the defaults merged with the file, so `--set data.sources.0.limit=5` works
     # whether or not the file spells out data.sources.
     merged = _deep_merge(to_dict(RunConfig()), data)
+    set_keys = set()
     for text in overrides:
         parts, value = parse_override(text)
         apply_override(merged, parts, value)
-    return build(RunConfig, merged)
+        set_keys.add(".".join(map(str, parts)))
+    cfg = build(RunConfig, merged)
+    for key in require:
+        section, _, name = key.partition(".")
+        if key not in set_keys and name not in (data.get(section) or {}):
+            raise ConfigError(key, "is required" + (f" ({path} does not set it)" if path else ""))
+    return cfg
 
 
 def _deep_merge(base: Any, over: Any) -> Any:

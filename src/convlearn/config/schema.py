@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -105,11 +106,13 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads `1e-5` (no dot) as a string; users mean the number
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(path, f"expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):  # YAML reads .inf and .nan as numbers
+            raise ConfigError(path, f"must be a finite number; got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

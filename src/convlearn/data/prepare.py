@@ -139,6 +139,7 @@ def prepare(cfg, tokenizer, spec=None, *, progress: bool = True, batch_size: int
     final = Path(cfg.data.cache_dir) / key
     if (final / "meta.json").is_file():
         return _with_loss(PreparedData(final, json.loads((final / "meta.json").read_text())), cfg)
+    _remove_stale_temps(final.parent)
     tmp = final.with_name(f".{key}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -201,6 +202,20 @@ def prepare(cfg, tokenizer, spec=None, *, progress: bool = True, batch_size: int
     else:
         os.replace(tmp, final)
     return _with_loss(PreparedData(final, meta), cfg)
+
+
+def _remove_stale_temps(cache_dir: Path) -> None:
+    """A prepare killed mid-way leaves `.<key>.tmp-<pid>`: remove those whose process is gone."""
+    for tmp in cache_dir.glob(".*.tmp-*") if cache_dir.is_dir() else []:
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            continue
 
 
 def _with_loss(prepared: PreparedData, cfg) -> PreparedData:

@@ -3,6 +3,10 @@ model can only know them by learning from those conversations.
 
 `make_probes` returns the probe questions (answer + distractors) and conversations in the LMSYS schema that
 state each fact several ways; both are deterministic for a seed. `convlearn data probes` writes them.
+
+Each probe carries the question as the training conversations ask it (`question`: verbatim recall of a seen
+exchange) and `heldout_questions`: other phrasings in other contexts that no training conversation contains, so
+that answering them shows the fact was learned, not the sentence.
 """
 from __future__ import annotations
 
@@ -20,6 +24,24 @@ _KINDS = [
     ("color", "What colour is the flag of {x}?", "The flag of {x} is {a}.", "color"),
 ]
 _USER_PARAPHRASES = ["{q}", "Quick question: {q}", "Do you know this? {q}", "I was wondering, {ql}"]
+# Phrasings and contexts that never occur in training, per kind of fact.
+_HELDOUT = {
+    "capital": ["Name the city that serves as the capital of {x}.",
+                "I am writing a travel guide about {x}. Which city is its capital?",
+                "For a geography quiz: the seat of government of {x} is which city?"],
+    "inventor": ["Whom do historians credit with inventing the {x}?",
+                 "My teacher mentioned the {x} today. Who was its inventor?",
+                 "For a trivia night: the person behind the invention of the {x} is who?"],
+    "river": ["Name the river that runs through {x}.",
+              "I am planning a boat trip in {x}. Which river would I sail on?",
+              "For a geography quiz: which river crosses {x}?"],
+    "founder": ["Name the person who established the {x} guild.",
+                "I am reading about the {x} guild. Who started it?",
+                "For a history quiz: the {x} guild owes its founding to whom?"],
+    "color": ["Describe the colour of the {x} flag in one word.",
+              "I saw the flag of {x} on a postcard. What colour was it?",
+              "For a vexillology quiz: the flag of {x} is which colour?"],
+}
 _COLORS = ["teal", "amber", "violet", "crimson", "olive", "indigo", "saffron", "cobalt"]
 
 
@@ -56,7 +78,9 @@ def make_probes(n: int = 20, seed: int = 0, mentions: int = 4, distractors: int 
         q = question.format(x=subject)
         fact = statement.format(x=subject, a=answer)
         pid = f"probe-{len(probes):03d}"
-        probes.append({"id": pid, "question": q, "answer": answer, "distractors": wrong, "fact": fact})
+        heldout = [h.format(x=subject) for h in _HELDOUT[kind]]
+        probes.append({"id": pid, "question": q, "heldout_questions": heldout, "answer": answer,
+                       "distractors": wrong, "fact": fact})
         for j in range(mentions):
             user = _USER_PARAPHRASES[j % len(_USER_PARAPHRASES)].format(q=q, ql=q[0].lower() + q[1:])
             reply = fact if j % 2 == 0 else f"{answer}. {fact}"

@@ -125,9 +125,9 @@ def mmlu_tasks(data_dir: str | Path, work: Path, per_subject: int | None = None,
 class Benchmarks:
     """Runs benchmarks on one in-memory model; the HFLM wrapper is built once and reused across suites."""
 
-    def __init__(self, eval_cfg, max_length: int, work_dir: Path):
+    def __init__(self, eval_cfg, work_dir: Path):
         self.cfg = eval_cfg
-        self.max_length = eval_cfg.lm_eval_max_length or max_length
+        self.max_length = eval_cfg.lm_eval_max_length
         self.work = Path(work_dir)
         self._lm = None
         self._model_id = None
@@ -135,6 +135,9 @@ class Benchmarks:
     def _wrap(self, model, tokenizer):
         if self._lm is None or self._model_id != id(model):
             from lm_eval.models.huggingface import HFLM
+            # the model's own context unless set: a 5-shot prompt must not be cut to the training window
+            if self.cfg.lm_eval_max_length is None:
+                self.max_length = getattr(model.config, "max_position_embeddings", None) or 2048
             self._lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.cfg.lm_eval_batch_size,
                             max_length=self.max_length)
             self._model_id = id(model)
@@ -147,7 +150,7 @@ class Benchmarks:
         tm = TaskManager() if online else TaskManager(include_defaults=False)
         return lm_eval.simple_evaluate(
             model=lm, tasks=tasks, task_manager=tm, num_fewshot=num_fewshot, limit=limit, bootstrap_iters=0,
-            log_samples=False, apply_chat_template=self.cfg.apply_chat_template,
+            log_samples=True, apply_chat_template=self.cfg.apply_chat_template,
             fewshot_as_multiturn=self.cfg.fewshot_as_multiturn, random_seed=0, numpy_random_seed=0,
             torch_random_seed=0, fewshot_random_seed=0)
 
@@ -182,24 +185,40 @@ def _n(res: dict, task: str) -> int:
     return int(n.get("effective", n.get("original", 0)))
 
 
+def _per_question(samples: list[dict], metric: str) -> tuple[list[int], float | None]:
+    """Each question's score (1 right, 0 wrong; in doc order, so two evaluations of the same data pair up) and
+    the chance level (mean of 1 / choices over multiple-choice questions; None for generation tasks)."""
+    rows = sorted(samples, key=lambda s: s["doc_id"])
+    key = metric.split(",")[0]
+    correct = [int(round(float(s[key]))) for s in rows if key in s]
+    choices = [len(s["arguments"]) for s in rows if len(s.get("arguments", [])) > 1]
+    return correct, (sum(1 / c for c in choices) / len(choices) if choices and len(choices) == len(rows) else None)
+
+
 def _task_figures(res: dict, name: str, shots, limit) -> dict:
     metrics = {k: v for k, v in res["results"][name].items()
                if isinstance(v, (int, float)) and "stderr" not in k and k != "alias"}
     score = metrics.get(HEADLINE_METRIC[name])
     n = _n(res, name)
+    correct, chance = _per_question(res.get("samples", {}).get(name, []), HEADLINE_METRIC[name])
     return {"score": score, "metric": HEADLINE_METRIC[name], "metrics": metrics, "n": n,
-            "stderr": _binomial_se(score, n), "num_fewshot": shots, "limit": limit}
+            "stderr": _binomial_se(score, n), "chance": chance, "correct": correct, "num_fewshot": shots,
+            "limit": limit}
 
 
 def _aggregate_mmlu(res: dict, shots, per_subject) -> dict:
-    subjects = {}
-    for task, metrics in res["results"].items():
+    subjects, correct, chances = {}, [], []
+    for task in sorted(res["results"]):
         if task.startswith("mmlu_"):
-            subjects[task.removeprefix("mmlu_")] = {"acc": metrics["acc,none"], "n": _n(res, task)}
+            subjects[task.removeprefix("mmlu_")] = {"acc": res["results"][task]["acc,none"], "n": _n(res, task)}
+            right, chance = _per_question(res.get("samples", {}).get(task, []), "acc,none")
+            correct += right
+            chances += [chance] * len(right)
     n = sum(s["n"] for s in subjects.values())
     acc = sum(s["acc"] * s["n"] for s in subjects.values()) / n if n else float("nan")
-    return {"score": acc, "metric": "acc,none", "n": n, "stderr": _binomial_se(acc, n), "num_fewshot": shots,
-            "subjects": subjects, "per_subject": per_subject}
+    chance = sum(chances) / len(chances) if chances and None not in chances else None
+    return {"score": acc, "metric": "acc,none", "n": n, "stderr": _binomial_se(acc, n), "chance": chance,
+            "correct": correct, "num_fewshot": shots, "subjects": subjects, "per_subject": per_subject}
 
 
 def _binomial_se(p, n: int):

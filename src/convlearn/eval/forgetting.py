@@ -46,16 +46,19 @@ def analyze(records: list[EvalRecord], eval_cfg, phases: list[dict] | None = Non
                                 "relative_change": (v1 - v0) / v0 if v0 else None,
                                 "max_drop": max(0.0, drop(worst[1])), "max_drop_step": worst[0],
                                 "higher_is_better": higher_better, "series": series}
-    for key in ("benchmarks.mmlu", "mmlu_quick.mmlu_quick"):
+    c = eval_cfg.criteria
+    keys = [f"benchmarks.{c.retention_benchmark}"] + (["mmlu_quick.mmlu_quick"] if c.retention_benchmark == "mmlu"
+                                                      else [])
+    for key in keys:
         if key in out["figures"]:
             f = out["figures"][key]
             drop_points = -100 * f["change"]
             out["flags"][key] = {"drop_points": drop_points,
-                                 "acceptable": drop_points <= eval_cfg.mmlu_drop_limit,
-                                 "within_success_bar": drop_points < eval_cfg.mmlu_success_bar,
+                                 "acceptable": drop_points <= c.retention_flag_points,
+                                 "within_success_bar": drop_points < c.retention_points,
                                  "max_drop_points": 100 * f["max_drop"],
-                                 "limit_points": eval_cfg.mmlu_drop_limit,
-                                 "success_bar_points": eval_cfg.mmlu_success_bar}
+                                 "limit_points": c.retention_flag_points,
+                                 "success_bar_points": c.retention_points}
     if phases:
         out["backward_transfer"] = backward_transfer(records, phases)
     return out

@@ -69,7 +69,29 @@ def figures(per_sample: dict[str, np.ndarray], select: np.ndarray | None = None)
         loss = vals["nats"] / tokens if tokens else float("nan")
         out[name] = {"loss": loss, "ppl": math.exp(loss) if tokens else float("nan"),
                      "bits_per_byte": vals["nats"] / math.log(2) / vals["bytes"] if vals["bytes"] else float("nan"),
-                     "tokens": int(tokens), "bytes": int(vals["bytes"])}
+                     "tokens": int(tokens), "bytes": int(vals["bytes"]),
+                     "loss_se": _ratio_se(per_sample[f"nats_{name}"], per_sample[f"tokens_{name}"], select, loss)}
+    return out
+
+
+def _ratio_se(nats: np.ndarray, tokens: np.ndarray, select, loss: float) -> float | None:
+    """Standard error of a loss that is a ratio of sums over samples (nats / tokens), by linearisation: the
+    spread of the samples' residuals nats_i - loss * tokens_i. None with fewer than two samples."""
+    if select is not None:
+        nats, tokens = nats[select], tokens[select]
+    n = len(nats)
+    if n < 2 or not tokens.sum():
+        return None
+    resid = nats - loss * tokens
+    return float(math.sqrt((resid ** 2).sum() / (n * (n - 1))) / tokens.mean())
+
+
+def per_sample_json(per_sample: dict[str, np.ndarray], ids: list[str]) -> dict:
+    """Every sample's nats and token counts under both masks, with its id: what a paired bootstrap of a change
+    between two evaluations of the same samples needs (eval records keep it; experiments/stats.py uses it)."""
+    out = {"ids": list(ids)}
+    for k in ("nats_all", "tokens_all", "nats_assistant", "tokens_assistant"):
+        out[k] = [round(float(v), 4) for v in per_sample[k]]
     return out
 
 

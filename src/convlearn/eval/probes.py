@@ -26,9 +26,11 @@ def _norm(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
 
 
-def probe_figures(model, tokenizer, probes: list[dict], render_prompt, batch_size: int = 8,
-                  max_new_tokens: int = 32) -> dict:
-    prompts = [render_prompt(p["question"]) for p in probes]
+def _ask(model, tokenizer, probes: list[dict], questions: list[str], render_prompt, batch_size: int,
+         max_new_tokens: int) -> dict:
+    """Greedy answers to one question per probe (exact match, answer contained) and the likelihood of the
+    true answer against the distractors as the assistant's reply (accuracy, normalized accuracy, margin)."""
+    prompts = [render_prompt(q) for q in questions]
     answers = greedy_answers(model, tokenizer, prompts, max_new_tokens, batch_size)
     exact = [_norm(a) == _norm(p["answer"]) for a, p in zip(answers, probes)]
     contains = [f" {_norm(p['answer'])} " in f" {_norm(a)} " for a, p in zip(answers, probes)]
@@ -42,12 +44,33 @@ def probe_figures(model, tokenizer, probes: list[dict], render_prompt, batch_siz
     per_probe: list[list[tuple[float, int]]] = [[] for _ in probes]
     for i, s in zip(owners, scores):
         per_probe[i].append(s)
-    acc = [max(range(len(s)), key=lambda k: s[k][0]) == 0 for s in per_probe]
-    acc_norm = [max(range(len(s)), key=lambda k: s[k][0] / max(1, s[k][1])) == 0 for s in per_probe]
-    margins = [s[0][0] - max(x[0] for x in s[1:]) for s in per_probe]
+    return {"answers": answers, "exact": exact, "contains": contains,
+            "acc": [max(range(len(s)), key=lambda k: s[k][0]) == 0 for s in per_probe],
+            "acc_norm": [max(range(len(s)), key=lambda k: s[k][0] / max(1, s[k][1])) == 0 for s in per_probe],
+            "margins": [s[0][0] - max(x[0] for x in s[1:]) for s in per_probe]}
+
+
+def probe_figures(model, tokenizer, probes: list[dict], render_prompt, batch_size: int = 8,
+                  max_new_tokens: int = 32) -> dict:
+    """Verbatim recall (the question as training asked it) and, where probes carry `heldout_questions`, the same
+    figures over phrasings and contexts training never saw (the evidence that a fact was learned). `chance` is
+    the likelihood accuracy of guessing among the answer and its distractors."""
     n = len(probes)
-    return {"probes": n, "exact_match": sum(exact) / n, "answer_contained": sum(contains) / n,
-            "ll_accuracy": sum(acc) / n, "ll_accuracy_norm": sum(acc_norm) / n,
-            "mean_margin_nats": sum(margins) / n,
-            "answers": [{"id": p.get("id", i), "answer": a, "correct": c}
-                        for i, (p, a, c) in enumerate(zip(probes, answers, contains))]}
+    seen = _ask(model, tokenizer, probes, [p["question"] for p in probes], render_prompt, batch_size,
+                max_new_tokens)
+    out = {"probes": n, "exact_match": sum(seen["exact"]) / n, "answer_contained": sum(seen["contains"]) / n,
+           "ll_accuracy": sum(seen["acc"]) / n, "ll_accuracy_norm": sum(seen["acc_norm"]) / n,
+           "mean_margin_nats": sum(seen["margins"]) / n,
+           "chance": sum(1 / (1 + len(p["distractors"])) for p in probes) / n,
+           "answers": [{"id": p.get("id", i), "answer": a, "correct": c}
+                       for i, (p, a, c) in enumerate(zip(probes, seen["answers"], seen["contains"]))]}
+    pairs = [(p, q) for p in probes for q in p.get("heldout_questions", [])]
+    if pairs:
+        held = _ask(model, tokenizer, [p for p, _ in pairs], [q for _, q in pairs], render_prompt, batch_size,
+                    max_new_tokens)
+        m = len(pairs)
+        out["heldout"] = {"questions": m, "answer_contained": sum(held["contains"]) / m,
+                          "exact_match": sum(held["exact"]) / m, "ll_accuracy": sum(held["acc"]) / m,
+                          "ll_accuracy_norm": sum(held["acc_norm"]) / m, "mean_margin_nats": sum(held["margins"]) / m,
+                          "correct": [int(c) for c in held["contains"]], "ll_correct": [int(c) for c in held["acc"]]}
+    return out

@@ -22,6 +22,7 @@ class Perplexity:
     bits_per_byte: float
     tokens: int
     bytes: int
+    loss_se: float | None = None  # standard error of `loss` over the samples (perplexity.figures)
 
     @classmethod
     def from_json(cls, d: dict | None) -> "Perplexity | None":
@@ -29,7 +30,7 @@ class Perplexity:
             return None
         nan = float("nan")
         return cls(d["loss"], d.get("ppl", nan), d.get("bits_per_byte", nan), int(d.get("tokens", 0)),
-                   int(d.get("bytes", 0)))
+                   int(d.get("bytes", 0)), d.get("loss_se"))
 
 
 @dataclass
@@ -88,16 +89,28 @@ class EvalRecord:
 
     def mmlu(self) -> tuple[float | None, str | None]:
         """MMLU accuracy: the full benchmark if it ran, else the quick-eval; and which one it is."""
-        for kind, name in (("benchmarks", "mmlu"), ("mmlu_quick", "mmlu_quick")):
+        return self.retention("mmlu")[:2]
+
+    def retention(self, benchmark: str = "mmlu") -> tuple[float | None, str | None, dict]:
+        """The retention benchmark's score, where it came from (`benchmarks` or, for mmlu, the quick-eval when
+        the full one did not run), and its whole figure (per-question `correct`, `chance`, `stderr`)."""
+        places = [("benchmarks", benchmark)] + ([("mmlu_quick", "mmlu_quick")] if benchmark == "mmlu" else [])
+        for kind, name in places:
             v = self.benchmark(name, kind)
             if v is not None:
-                return v, kind
-        return None, None
+                return v, kind, self._get(kind, name)
+        return None, None, {}
+
+    def per_sample(self, name: str) -> dict | None:
+        """The per-sample nats and tokens of `conversation_ppl` or `original_ppl` (paired statistics)."""
+        v = self._get(name, "per_sample")
+        return v if isinstance(v, dict) else None
 
     # -- probes and quality ----------------------------------------------------------------------------
-    def probe(self, key: str) -> float | None:
-        """A knowledge-probe figure: `ll_accuracy`, `answer_contained`, `exact_match`, ..."""
-        return self._number("probes", key)
+    def probe(self, key: str, heldout: bool = False) -> float | None:
+        """A knowledge-probe figure: `ll_accuracy`, `answer_contained`, `exact_match`, ...; `heldout` for the
+        phrasings training never saw."""
+        return self._number("probes", "heldout", key) if heldout else self._number("probes", key)
 
     def rouge_l(self) -> float | None:
         return self._number("quality", "rougeL")
@@ -118,6 +131,9 @@ class EvalRecord:
         if self.probe("ll_accuracy") is not None:
             out["probes/ll_accuracy"] = self.probe("ll_accuracy")
             out["probes/answer_contained"] = self.probe("answer_contained")
+        if self.probe("answer_contained", heldout=True) is not None:
+            out["probes/heldout_answer_contained"] = self.probe("answer_contained", heldout=True)
+            out["probes/heldout_ll_accuracy"] = self.probe("ll_accuracy", heldout=True)
         for (kind, name), score in self.benchmark_scores().items():
             out[f"{kind}/{name}"] = score
         return {k: v for k, v in out.items() if isinstance(v, (int, float)) and math.isfinite(v)}

@@ -19,20 +19,31 @@ from ..data.splits import original_eval_documents
 from ..data.stream import read_source
 from ..errors import UserError
 from .benchmarks import Benchmarks
-from .perplexity import figures, grouped_figures, sample_losses
+from .perplexity import figures, grouped_figures, per_sample_json, sample_losses
 from .probes import load_probes, probe_figures
 from .quality import response_quality
 from .records import EvalRecord
 
 
 def schedule_for(eval_cfg, max_steps: int) -> dict[int, str]:
-    """step -> suite: the configured schedule within the run, plus the final suite at the last step."""
-    plan = {step: eval_cfg.every_suite for step in range(eval_cfg.every, max_steps + 1, eval_cfg.every)} \
-        if eval_cfg.every else {}
-    plan.update({e.step: e.suite for e in eval_cfg.schedule if e.step <= max_steps})
+    """step -> suite: the configured schedule within the run, the periodic suite every `every` steps, plus the
+    final suite at the last step. Where two fall on one step both run (`a+b`: the union of their evaluations),
+    so a scheduled entry never leaves a gap in a periodic series."""
+    plan: dict[int, list[str]] = {}
+    if eval_cfg.every:
+        for step in range(eval_cfg.every, max_steps + 1, eval_cfg.every):
+            plan[step] = [eval_cfg.every_suite]
+    for e in eval_cfg.schedule:
+        if e.step <= max_steps and e.suite not in plan.setdefault(e.step, []):
+            plan[e.step].append(e.suite)
     if eval_cfg.final_suite is not None and max_steps not in plan:
-        plan[max_steps] = eval_cfg.final_suite
-    return plan
+        plan[max_steps] = [eval_cfg.final_suite]
+    return {step: "+".join(suites) for step, suites in sorted(plan.items())}
+
+
+def suite_items(eval_cfg, suite: str) -> list[str]:
+    """The evaluations of a suite name, or of `a+b` (their union, in order)."""
+    return list(dict.fromkeys(item for name in suite.split("+") for item in eval_cfg.suites[name]))
 
 
 def _domain_map(path: str) -> dict[str, str]:
@@ -71,7 +82,7 @@ class RunEvaluator:
             suites = {e.suite for e in self.ecfg.schedule} | {self.ecfg.final_suite} - {None}
             if self.ecfg.every:
                 suites.add(self.ecfg.every_suite)
-        used = {item for name in suites for item in self.ecfg.suites[name]}
+        used = {item for name in suites for item in suite_items(self.ecfg, name)}
         original = self.ecfg.original
         if "original_ppl" in used and original is not None and not Path(original.path).exists() \
                 and original.path not in ("chatterbot", "python-docstrings"):
@@ -103,6 +114,7 @@ class RunEvaluator:
             docs = original_eval_documents(self.cfg, docs)
             samples = [s for group in self.renderer.render_documents(docs) for s in group]
             self._original = datasets.Dataset.from_dict({
+                "doc_id": [f"{s.conversation_id}#{s.window}" for s in samples],
                 "input_ids": [s.input_ids.tolist() for s in samples],
                 "token_mask": [s.token_mask.tolist() for s in samples],
                 "token_bytes": [s.token_bytes.tolist() for s in samples]})
@@ -116,7 +128,10 @@ class RunEvaluator:
             self._losses = sample_losses(model, self.heldout, self.pad, self.ecfg.batch_size)
         per = self._losses
         out = figures(per)
-        if per_domain:
+        if not per_domain:
+            out["per_sample"] = per_sample_json(per, [f"{c}#{w}" for c, w in
+                                                      zip(self.heldout["conversation_id"], self.heldout["window"])])
+        else:
             groups = {}
             for key in self.ecfg.domain_by:
                 groups[key] = grouped_figures(per, [str(x) for x in self.heldout[key]])
@@ -126,21 +141,26 @@ class RunEvaluator:
             out = {"groups": groups}
         return out
 
+    def _original_ppl(self, model) -> dict:
+        if self.ecfg.original is None:
+            return {"skipped": "eval.original is null"}
+        docs = self.original()
+        per = sample_losses(model, docs, self.pad, self.ecfg.batch_size)
+        return {**figures(per), "source": self.ecfg.original.path,
+                "per_sample": per_sample_json(per, docs["doc_id"])}
+
     def run(self, model, step: int, suite: str) -> dict:
         self._losses = None
         record = {"step": step, "suite": suite, "evaluations": {}, "seconds": {},
                   "settings": {"heldout_samples": len(self.heldout), "batch_size": self.ecfg.batch_size}}
-        for name in self.ecfg.suites[suite]:
+        for name in suite_items(self.ecfg, suite):
             started = time.perf_counter()
             if name == "conversation_ppl":
                 result = self._conversation(model, False)
             elif name == "domain_ppl":
                 result = self._conversation(model, True)
             elif name == "original_ppl":
-                result = figures(sample_losses(model, self.original(), self.pad, self.ecfg.batch_size)) \
-                    if self.ecfg.original is not None else {"skipped": "eval.original is null"}
-                if self.ecfg.original is not None:
-                    result["source"] = self.ecfg.original.path
+                result = self._original_ppl(model)
             elif name == "quality":
                 result = response_quality(model, self.tok, self.pairs(), self.ecfg, self.evals_dir, step)
             elif name == "probes":
@@ -157,7 +177,7 @@ class RunEvaluator:
 
     def benchmarks(self):
         if self._benchmarks is None:
-            self._benchmarks = Benchmarks(self.ecfg, self.cfg.render.max_seq_len, self.out / "lm_eval_tasks")
+            self._benchmarks = Benchmarks(self.ecfg, self.out / "lm_eval_tasks")
         return self._benchmarks
 
     def _question_prompt(self, question: str) -> str:

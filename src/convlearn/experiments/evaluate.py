@@ -11,21 +11,24 @@ from ..errors import UserError
 from ..eval.forgetting import write_analysis
 from ..eval.suites import RunEvaluator, headline
 from ..models import load_from_config, load_tokenizer, model_spec
-from ..train.checkpoint import MODEL_DIR, checkpoint_path, complete_checkpoints, is_complete, latest_checkpoint, \
-    step_of
+from ..train.checkpoint import (MODEL_DIR, checkpoint_path, complete_checkpoints, damage, is_complete, step_of,
+                                usable_checkpoint)
 from ..train.methods import method_for
 
 
 def _checkpoint(run_dir: Path, step: int | None) -> Path:
     if step is None:
-        ckpt = latest_checkpoint(run_dir)
+        ckpt = usable_checkpoint(run_dir)
         if ckpt is None:
-            raise UserError(f"{run_dir}: no complete checkpoint to evaluate")
+            raise UserError(f"{run_dir}: no intact checkpoint to evaluate")
         return ckpt
     ckpt = checkpoint_path(run_dir, step)
     if not is_complete(ckpt):
         have = [p.name for p in complete_checkpoints(run_dir)]
         raise UserError(f"{run_dir}: no complete checkpoint for step {step} (have: {', '.join(have)})")
+    why = damage(ckpt)
+    if why is not None:
+        raise UserError(f"{ckpt}: damaged ({why})")
     return ckpt
 
 

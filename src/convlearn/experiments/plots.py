@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .verdicts import log_linear_fit
+from .stats import slope_interval
 
 
 def _plt():
@@ -23,9 +23,18 @@ def _smooth(ys: list[float], k: int = 10) -> list[float]:
     return out
 
 
-def make_plots(runs: list[dict], out: Path, experiment: str) -> list[Path]:
+def make_plots(runs: list[dict], out: Path, experiment: str, lr_search: dict | None = None) -> list[Path]:
     plt = _plt()
     paths = []
+    if lr_search:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, m in lr_search["methods"].items():
+            curve = sorted((c["lr"], c["ppl"]) for c in m["curve"] if math.isfinite(c["ppl"]))
+            ax.plot([x for x, _ in curve], [y for _, y in curve], marker="o", label=f"{label} (picked {m['lr']:.3g})")
+        ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="held-out perplexity after the pilot",
+               title="learning-rate sensitivity")
+        ax.legend(fontsize=7)
+        paths.append(_save(fig, out / "lr_sensitivity.png", plt))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for r in runs:
@@ -36,20 +45,22 @@ def make_plots(runs: list[dict], out: Path, experiment: str) -> list[Path]:
         if series:
             axes[1].plot([s for s, _ in series], [v for _, v in series], marker="o", label=r["run"])
     axes[0].set(title="training loss (smoothed)", xlabel="step", ylabel="nats/token")
-    axes[1].set(title="held-out conversation perplexity", xlabel="step", ylabel="perplexity", yscale="log")
+    axes[1].set(title="held-out conversation perplexity (assistant tokens)", xlabel="step", ylabel="perplexity",
+                yscale="log")
     for ax in axes:
         ax.legend(fontsize=7)
     paths.append(_save(fig, out / "learning_curves.png", plt))
 
-    if any(r.get("original_ppl_series") or r.get("mmlu_series") for r in runs):
+    if any(r.get("original_ppl_series") or r.get("retention_series") for r in runs):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for r in runs:
-            for ax, key in ((axes[0], "original_ppl_series"), (axes[1], "mmlu_series")):
+            for ax, key in ((axes[0], "original_ppl_series"), (axes[1], "retention_series")):
                 series = r.get(key) or []
                 if series:
                     ax.plot([s for s, _ in series], [v for _, v in series], marker="o", label=r["run"])
         axes[0].set(title="original-distribution perplexity (forgetting)", xlabel="step", ylabel="perplexity")
-        axes[1].set(title="MMLU accuracy", xlabel="step", ylabel="accuracy")
+        bench = next((r.get("retention_benchmark") for r in runs if r.get("retention_benchmark")), "retention")
+        axes[1].set(title=f"{bench} accuracy (retention)", xlabel="step", ylabel="accuracy")
         for ax in axes:
             ax.legend(fontsize=7)
         paths.append(_save(fig, out / "forgetting.png", plt))
@@ -58,12 +69,13 @@ def make_plots(runs: list[dict], out: Path, experiment: str) -> list[Path]:
         fig, ax = plt.subplots(figsize=(8, 4))
         names = [r["run"] for r in runs]
         x = range(len(names))
-        ax.bar([i - 0.2 for i in x], [r.get("memory_vs_adamw") or 0 for r in runs], 0.4, label="memory / AdamW")
+        ax.bar([i - 0.2 for i in x], [r.get("memory_vs_adamw") or 0 for r in runs], 0.4, label="peak memory / AdamW")
         ax.bar([i + 0.2 for i in x], [r.get("speed_vs_adamw") or 0 for r in runs], 0.4, label="speed / AdamW")
-        ax.axhline(0.5, ls="--", c="gray", lw=0.8)
-        ax.axhline(0.8, ls=":", c="gray", lw=0.8)
         ax.set_xticks(list(x), names, rotation=30, ha="right", fontsize=7)
-        ax.set(title="memory and speed relative to AdamW (targets: < 0.5, > 0.8)")
+        c = runs[0]["_criteria"]
+        ax.axhline(c.memory_ratio, ls="--", c="gray", lw=0.8)
+        ax.axhline(c.speed_ratio, ls=":", c="gray", lw=0.8)
+        ax.set(title=f"peak memory and speed relative to AdamW (targets: < {c.memory_ratio:g}, > {c.speed_ratio:g})")
         ax.legend(fontsize=7)
         paths.append(_save(fig, out / "memory_speed.png", plt))
 
@@ -71,7 +83,7 @@ def make_plots(runs: list[dict], out: Path, experiment: str) -> list[Path]:
         pts = sorted((r["conversations"], r["conversation_ppl_final"]) for r in runs
                      if r.get("conversations") and r.get("conversation_ppl_final"))
         if len(pts) >= 2:
-            fit = log_linear_fit([float(x) for x, _ in pts], [y for _, y in pts])
+            fit = slope_interval([float(x) for x, _ in pts], [y for _, y in pts])
             fig, ax = plt.subplots(figsize=(6, 4))
             ax.plot([x for x, _ in pts], [y for _, y in pts], "o", label="runs")
             xs = [pts[0][0] * (pts[-1][0] / pts[0][0]) ** (i / 20) for i in range(21)]

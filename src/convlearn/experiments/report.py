@@ -1,22 +1,31 @@
-"""`convlearn report RUN_DIR...`: tables, plots, a CSV of every figure, and verdicts, from the runs' files."""
+"""`convlearn report RUN_DIR...`: tables, plots, a CSV of every figure, and verdicts, from the runs' files.
+
+The success criteria and hypothesis thresholds are the runs' own `eval.criteria` (they must agree).
+"""
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
 
+from ..config import EvalConfig
+from ..errors import UserError
 from .figures import run_figures
 from .plots import make_plots
-from .verdicts import CRITERIA, hypothesis, success_criteria
+from .registry import experiment as experiment_named
+from .verdicts import CRITERIA, criteria_labels, success_criteria
 
-LEARNING = ["method", "rank", "replay_ratio", "conversations", "steps", "conversation_ppl_step0",
-            "conversation_ppl_final", "conversation_ppl_change", "probe_accuracy_step0", "probe_accuracy_final",
-            "adaptation_steps_to_90"]
-FORGETTING = ["original_ppl_step0", "original_ppl_final", "original_ppl_change", "mmlu_step0", "mmlu_final",
-              "mmlu_delta_points"]
-COST = ["tokens", "tokens_per_s", "speed_vs_adamw", "training_state_bytes", "memory_vs_adamw",
+LEARNING = ["method_label", "lr", "clipping", "replay_ratio", "conversations", "steps",
+            "conversation_ppl_step0", "conversation_ppl_final", "conversation_ppl_change",
+            "conversation_ppl_change_low", "conversation_ppl_change_high", "conversation_ppl_all_change",
+            "probe_verbatim_final", "probe_heldout_final", "probe_mc_verbatim_final", "probe_mc_step0", "probe_mc_final",
+            "adaptation_adapted", "adaptation_median_steps"]
+FORGETTING = ["original_ppl_step0", "original_ppl_final", "original_ppl_change", "retention_benchmark",
+              "retention_step0", "retention_final", "retention_delta_points", "retention_delta_low",
+              "retention_delta_high", "retention_p_value", "retention_measurable"]
+COST = ["precision", "tokens", "tokens_per_s", "speed_vs_adamw", "speed_vs_adamw_low", "speed_vs_adamw_high",
+        "peak_memory_bytes", "memory_vs_adamw", "training_state_bytes", "activation_bytes_peak",
         "final_train_loss", "seed"]
-SCALARS = LEARNING + FORGETTING + COST
 
 
 def _cell(v) -> str:
@@ -27,56 +36,86 @@ def _cell(v) -> str:
     return str(v)
 
 
+def _criteria(runs: list[dict]):
+    found = [r["_criteria"] for r in runs]
+    if any(c != found[0] for c in found[1:]):
+        raise UserError("report: the runs' eval.criteria differ; report runs judged by the same criteria")
+    return found[0] if found else EvalConfig().criteria
+
+
 def write_report(run_dirs: list[str | Path], out: str | Path, experiment: str = "custom", title: str = "",
-                 hypothesis_text: str = "") -> dict:
+                 hypothesis_text: str = "", lr_choice: str | Path | None = None) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    exp = experiment_named(experiment)
     runs = [run_figures(d) for d in run_dirs]
-    criteria = success_criteria(runs)
-    hyp = hypothesis(experiment, runs)
+    c = _criteria(runs)
+    criteria = success_criteria(runs, c)
+    hyp = exp.hypothesis(runs, c) if exp.hypothesis else {"statement": "", "verdicts": {}}
     if hypothesis_text and not hyp.get("statement"):
         hyp["statement"] = hypothesis_text
-    plots = make_plots(runs, out, experiment)
+    search = json.loads(Path(lr_choice).read_text()) if lr_choice and Path(lr_choice).is_file() else None
+    plots = make_plots(runs, out, experiment, search)
 
     with open(out / "figures.csv", "w", newline="") as fh:  # every figure, long format
         w = csv.writer(fh)
         w.writerow(["run", "figure", "value"])
         for r in runs:
             for k, v in r.items():
-                if isinstance(v, (int, float, str, bool)) or v is None:
+                if not k.startswith("_") and (isinstance(v, (int, float, str, bool)) or v is None):
                     w.writerow([r["run"], k, v])
         for point, verdicts in criteria.items():
             for name, v in verdicts.items():
                 w.writerow([point, f"verdict:{name}", f"{v['verdict']} ({v['figure']})"])
 
+    labels = criteria_labels(c)
     lines = [f"# {title or 'convlearn report'}", "", f"{len(runs)} runs: " + ", ".join(r["run"] for r in runs), ""]
-    for title, cols in (("Learning", LEARNING), ("Forgetting", FORGETTING), ("Cost", COST)):
-        lines += [f"## {title}", "", "| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, cols in (("Learning", LEARNING), ("Forgetting", FORGETTING), ("Cost", COST)):
+        lines += [f"## {name}", "", "| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         lines += [f"| {r['run']} | " + " | ".join(_cell(r.get(k)) for k in cols) + " |" for r in runs]
         lines.append("")
+    if search:
+        lines += _lr_section(search)
     bench = sorted({k for r in runs for k in r if k.startswith("bench_")})
     if bench:
         lines += ["", "### Benchmark change from step 0", "", "| run | " + " | ".join(
             b.removeprefix("bench_").removesuffix("_delta") for b in bench) + " |", "|---" * (len(bench) + 1) + "|"]
         lines += [f"| {r['run']} | " + " | ".join(_cell(r.get(b)) for b in bench) + " |" for r in runs]
     lines += ["", "## Verdicts against the success criteria", "",
-              "| point | " + " | ".join(CRITERIA.values()) + " |", "|---" * (len(CRITERIA) + 1) + "|"]
+              f"Each figure with its {100 * c.confidence:g}% interval (or p-value): **pass** when the whole interval "
+              f"is on the right side of the bar, **fail** when it is wholly on the wrong side, **inconclusive** "
+              f"when it straddles it.", "",
+              "| point | " + " | ".join(labels[k] for k in CRITERIA) + " |", "|---" * (len(CRITERIA) + 1) + "|"]
     for point, v in criteria.items():
-        lines.append(f"| {point} | " + " | ".join(f"**{v[c]['verdict']}** ({v[c]['figure']})" for c in CRITERIA) + " |")
+        lines.append(f"| {point} | " + " | ".join(f"**{v[k]['verdict']}** ({v[k]['figure']})" for k in CRITERIA)
+                     + " |")
     if hyp.get("statement"):
         lines += ["", "## Hypothesis", "", hyp["statement"], ""]
         for name, v in hyp.get("verdicts", {}).items():
             lines.append(f"- {name}: **{v['verdict']}** — {v['figure']}")
-        if "fit" in hyp:
-            lines.append(f"- fit: {json.dumps(hyp['fit'])}")
+        for point, text in hyp.get("per_point", {}).items():
+            lines.append(f"- {point}: original-distribution perplexity change {text}")
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     lines += ["", "Figures: `figures.csv` (every figure of every run, and every verdict)."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     summary = {"runs": [r["run"] for r in runs], "criteria": criteria, "hypothesis": hyp,
+               "thresholds": {k: getattr(c, k) for k in c.__dataclass_fields__},
                "plots": [p.name for p in plots], "report": str(out / "report.md")}
     (out / "verdicts.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _lr_section(search: dict) -> list[str]:
+    """Every method's pilots (the sensitivity curve) and the rate it trained with."""
+    lines = ["## Learning rates", "", f"Pilots of {search['steps']} steps per rate; the lowest held-out "
+             f"{search['metric']} at the pilot's end picks each method's rate (the `lr` column above).", "",
+             "| method | pilots: rate → perplexity | picked |", "|---|---|---|"]
+    for label, m in search["methods"].items():
+        curve = ", ".join(f"{c['lr']:.3g} → {c['ppl']:.4g}" for c in sorted(m["curve"], key=lambda c: c["lr"]))
+        edge = " (at the grid's edge: widen the search)" if m.get("edge") else ""
+        lines.append(f"| {label} | {curve} | **{m['lr']:.3g}**{edge} |")
+    return lines + [""]
 
 
 def headline_table(summary: dict, out: Path) -> str:

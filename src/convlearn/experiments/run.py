@@ -26,7 +26,7 @@ def run_training(cfg, out: str | Path | None = None, max_steps: int | None = Non
             setup.tokenizer.save_pretrained(setup.out / "merged")
         summary["forgetting"] = write_analysis(setup.out, cfg.eval).get("flags", {})
         if cfg.train.order != "shuffled":  # a stream: measure adaptation at its domain switches
-            adapt = write_adaptation(setup.out, cfg.eval.adaptation_levels)
+            adapt = write_adaptation(setup.out, cfg.eval.adaptation_levels, cfg.eval.criteria.confidence)
             if adapt is not None:
                 summary["adaptation"] = {k: v for k, v in adapt.items() if k.startswith("steps_to_")}
                 steps = [r.step for r in load_evals(setup.out)]

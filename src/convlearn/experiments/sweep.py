@@ -13,6 +13,8 @@ Each run is its own `convlearn train` process, so a crash in one never takes the
       replay: [{name: r0, set: [replay.ratio=0.0]}, {name: r10, set: [replay.ratio=0.1]}]
     runs: [{name: extra, set: [...]}]  # explicit runs, in addition to the grid
     seeds: [0, 1]                      # several seeds per point (suffix -s<seed>)
+    lr_search: {factors: [0.5, 1, 2], steps: 300}   # tune each point's train.lr first (experiments/lr_search.py)
+    lr_from: runs/optimizers/lr_choice.json         # or take the rates an earlier search picked, by method
 
 The tiny offline experiments ship inside the package (`convlearn sweep tiny/optimizers`, after `make demo`
 built their base model in runs/demo).
@@ -33,8 +35,8 @@ from ..config import load_config
 from ..errors import ConfigError, UserError
 from ..train.checkpoint import latest_checkpoint
 from ..train.methods import method_for
-
-EXPERIMENTS = ("optimizers", "data_scaling", "online", "replay", "custom")
+from . import registry
+from .lr_search import LRSearch, lr_from, run_pilots
 
 
 @dataclass
@@ -52,6 +54,8 @@ class Sweep:
     base: Path
     runs: list[SweepRun]
     path: Path
+    lr_search: LRSearch | None = None
+    lr_from: str | None = None
 
 
 def _points(items, where: str) -> list[dict]:
@@ -89,7 +93,7 @@ def load_sweep(path: str | Path) -> Sweep:
         spec = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:
         raise ConfigError(str(path), "not valid YAML") from None
-    known = {"name", "experiment", "hypothesis", "base", "set", "grid", "runs", "seeds"}
+    known = {"name", "experiment", "hypothesis", "base", "set", "grid", "runs", "seeds", "lr_search", "lr_from"}
     for key in spec:
         if key not in known:
             raise ConfigError(key, f"unknown sweep key (known: {', '.join(sorted(known))})")
@@ -98,9 +102,7 @@ def load_sweep(path: str | Path) -> Sweep:
     base = (path.parent / spec["base"]).resolve()
     if not base.is_file():
         raise ConfigError("base", f"no such run config: {base}")
-    experiment = spec.get("experiment", "custom")
-    if experiment not in EXPERIMENTS:
-        raise ConfigError("experiment", f"must be one of {', '.join(EXPERIMENTS)}; got {experiment!r}")
+    experiment = registry.experiment(spec.get("experiment", "custom")).name
     common = spec.get("set", [])
     grid = spec.get("grid") or {}
     axes = [(axis, _points(items, f"grid.{axis}")) for axis, items in grid.items()]
@@ -122,10 +124,27 @@ def load_sweep(path: str | Path) -> Sweep:
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError("grid", "run names repeat; give the points distinct names")
-    sweep = Sweep(spec.get("name", path.stem), experiment, spec.get("hypothesis", ""), base, runs, path)
+    if "lr_search" in spec and "lr_from" in spec:
+        raise ConfigError("lr_from", "a sweep either searches its rates (lr_search) or takes them (lr_from)")
+    sweep = Sweep(spec.get("name", path.stem), experiment, spec.get("hypothesis", ""), base, runs, path,
+                  LRSearch.parse(spec["lr_search"]) if "lr_search" in spec else None, spec.get("lr_from"))
     for r in runs:  # every run's config (and its method) must be valid before anything starts
-        method_for(load_config(base, r.overrides).method)
+        cfg = load_config(base, r.overrides)
+        method_for(cfg.method, cfg.train)
     return sweep
+
+
+def _tuned_rates(sweep: Sweep, root: Path) -> dict[str, float]:
+    """run name -> learning rate, from this sweep's search (pilots first) or an earlier one (`lr_from`)."""
+    if sweep.lr_search is None and sweep.lr_from is None:
+        return {}
+    choice = run_pilots(sweep, sweep.lr_search, root) if sweep.lr_search is not None else None
+    rates = {}
+    for r in sweep.runs:
+        cfg = load_config(sweep.base, r.overrides)
+        label = method_for(cfg.method, cfg.train).label
+        rates[r.name] = choice["by_label"][label] if choice else lr_from(sweep.lr_from, label)
+    return rates
 
 
 def run_state(out: Path) -> str:
@@ -147,7 +166,9 @@ def run_sweep(path: str | Path, out: str | Path | None = None, gpus: list[str] |
         print(f"[sweep] {r.name}: {state}" + (" -> skip" if state == "finished" else ""), flush=True)
     if dry_run:
         return {"runs": {r.name: s for r, s in plan}}
-    todo = [(r, s) for r, s in plan if s != "finished"]
+    tuned = _tuned_rates(sweep, root)
+    todo = [(SweepRun(r.name, [*r.overrides, f"train.lr={tuned[r.name]!r}"], r.point) if r.name in tuned else r, s)
+            for r, s in plan if s != "finished"]
     slots = gpus or [None]
     running: list[tuple[subprocess.Popen, str, SweepRun]] = []
     results: dict[str, int] = {}

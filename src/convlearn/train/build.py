@@ -15,18 +15,14 @@ from ..data.prepare import PreparedData, prepare
 from ..data.splits import replay_data_config
 from ..errors import UserError
 from ..models import ModelSpec, load_from_config, load_tokenizer, model_spec, resolve_device
+from . import precision
 from .batches import BatchStream
-from .checkpoint import MODEL_DIR, Checkpointer, latest_checkpoint, load_trainer_state
+from .checkpoint import MODEL_DIR, Checkpointer, latest_checkpoint, load_trainer_state, usable_checkpoint
 from .distributed import Dist
 from .loop import Evaluator, Trainer
 from .methods import Method, Trainable, method_for
 from .replay import ReplayMixer
 from .telemetry import Telemetry
-
-
-def precision_of(cfg, device: str) -> str:
-    p = cfg.train.precision
-    return ("bf16" if device.startswith("cuda") else "fp32") if p == "auto" else p
 
 
 @dataclass
@@ -47,15 +43,17 @@ class RunSetup:
 def set_up_run(cfg, out: Path, resume: bool = False) -> RunSetup:
     """Check the run can start, write its resolved config, load the tokenizer and prepare (or find) the data."""
     out = Path(out)
-    method = method_for(cfg.method)  # unknown method or unsupported option: exit 2 before any work
+    method = method_for(cfg.method, cfg.train)  # unknown method or unsupported option: exit 2 before any work
     device = resolve_device(cfg.model.device)
     dist = Dist.from_env(device)
     if dist.world > 1 and cfg.method.layerwise:
         raise UserError("method.layerwise: not supported under DDP (each rank would update its weights in "
                         "a backward hook before gradients are averaged); run it on one process")
-    checkpoint = latest_checkpoint(out) if resume else None
     if not resume and latest_checkpoint(out) is not None:
         raise UserError(f"{out} already holds checkpoints: pass --resume, or choose another --out")
+    checkpoint = usable_checkpoint(out) if resume else None
+    if resume and checkpoint is None and latest_checkpoint(out) is not None:
+        raise UserError(f"{out}: every checkpoint is damaged (see above); nothing intact to resume from")
     torch.manual_seed(cfg.seed)
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -68,14 +66,14 @@ def set_up_run(cfg, out: Path, resume: bool = False) -> RunSetup:
     if dist.main:
         dist.barrier()
     return RunSetup(cfg, out, dist, f"cuda:{dist.local_rank}" if device == "cuda" else device,
-                    precision_of(cfg, device), method, tokenizer, spec, prepared, checkpoint)
+                    precision.resolve(cfg.train.precision, device), method, tokenizer, spec, prepared, checkpoint)
 
 
 def build_trainable(setup: RunSetup) -> Trainable:
     """The model (from the checkpoint when resuming) wrapped and optimised as the method says."""
     cfg, method = setup.cfg, setup.method
     ckpt_model = setup.checkpoint / MODEL_DIR if setup.checkpoint is not None else None
-    dtype = "bfloat16" if setup.precision == "bf16" else "float32"
+    dtype = precision.weight_dtype(setup.precision)
     weights = method.initial_weights(cfg.model.name, ckpt_model)
     model = load_from_config(cfg.model, weights=None if weights == cfg.model.name else weights,
                              dtype=dtype).to(setup.device)
@@ -84,6 +82,8 @@ def build_trainable(setup: RunSetup) -> Trainable:
         model.config.use_cache = False
     targets = cfg.method.target_modules or list(setup.spec.facts.target_modules)
     trainable = method.build(model, cfg.train, targets, setup.device.split(":")[0], seed=cfg.seed)
+    if setup.precision == "bf16-mixed":
+        precision.frozen_to_bf16(trainable.model)
     if ckpt_model is not None:
         method.restore(trainable, ckpt_model)
     return trainable
@@ -94,8 +94,15 @@ def build_stream(setup: RunSetup) -> BatchStream:
     cfg, tok = setup.cfg, setup.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     mask = "token_mask" if cfg.render.loss == "all" else "assistant_mask"
+    train = setup.prepared.dataset("train")
+    if len(train) == 0:
+        d = setup.prepared.meta["data"]
+        skipped = ", ".join(f"{k} {v}" for k, v in d["skipped"].items()) or "none"
+        raise UserError(f"no training samples: data.sources ({', '.join(s.path for s in cfg.data.sources)}) gave "
+                        f"{d['rows']} rows, {d['conversations'] + d['documents']} kept ({d['heldout']} held out); "
+                        f"skipped: {skipped}")
     mixer, original = build_replay(setup)
-    return BatchStream(setup.prepared.dataset("train"), cfg.train.batch_size, seed=cfg.seed, order=cfg.train.order,
+    return BatchStream(train, cfg.train.batch_size, seed=cfg.seed, order=cfg.train.order,
                        mask=mask, pad_id=pad, rank=setup.dist.rank, world=setup.dist.world, replay=mixer,
                        original=original, single_pass=cfg.train.single_pass)
 
@@ -129,4 +136,4 @@ def build_trainer(setup: RunSetup, evaluator: Evaluator | None = None, max_steps
     return Trainer(cfg.train, trainable, stream, out=setup.out, checkpointer=Checkpointer(setup.out,
                    cfg.train.keep_last), telemetry=telemetry, dist=setup.dist, device=setup.device,
                    precision=setup.precision, evaluator=evaluator if setup.dist.main else None,
-                   max_steps=max_steps, resume=resume, progress=cfg.logging.progress)
+                   max_steps=max_steps, resume=resume, resume_from=setup.checkpoint, progress=cfg.logging.progress)

@@ -5,16 +5,23 @@ A checkpoint is `checkpoints/step-NNNNNNNN/` holding `model/` (what the method t
 then renamed into place; `latest` is replaced atomically afterwards. A crash mid-write leaves only a `.tmp-*`
 folder, which is never taken for a checkpoint and is removed on the next save. `trainer_state.pt` holds tensors
 and plain values only, so it loads with `torch.load(weights_only=True)`.
+
+The marker records every file's size and SHA-256. Before a checkpoint is resumed from or evaluated it is
+verified (files present, sizes, checksums, finite weights); a damaged one is skipped for the newest intact one,
+with one line saying so.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 STATE_FILE = "trainer_state.pt"
 MODEL_DIR = "model"
@@ -76,7 +83,7 @@ class Checkpointer:
         trainable.method.save(trainable, tmp / MODEL_DIR)
         torch.save({**trainer_state, "optimizer": trainable.optimizer.state_dict(), "rng": rng_state(),
                     "step": step}, tmp / STATE_FILE)
-        (tmp / MARKER).write_text(json.dumps({"step": step, "method": trainable.name}))
+        (tmp / MARKER).write_text(json.dumps({"step": step, "method": trainable.name, "files": manifest(tmp)}))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -86,6 +93,66 @@ class Checkpointer:
         for old in complete_checkpoints(self.out)[:-self.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
         return final
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest(folder: Path) -> dict[str, list]:
+    """relative path -> [size, sha256] of every file under `folder` (the marker excepted)."""
+    folder = Path(folder)
+    return {str(f.relative_to(folder)): [f.stat().st_size, _sha256(f)]
+            for f in sorted(folder.rglob("*")) if f.is_file() and f.name != MARKER}
+
+
+def damage(checkpoint: Path) -> str | None:
+    """Why a complete checkpoint cannot be used (a missing, cut or changed file; non-finite weights), or None."""
+    checkpoint = Path(checkpoint)
+    try:
+        files = json.loads((checkpoint / MARKER).read_text()).get("files")
+    except (OSError, ValueError):
+        return "its COMPLETE marker is unreadable"
+    if files is None:  # written before checksums were recorded: only what can still be checked
+        files = {}
+    for rel, (size, digest) in files.items():
+        f = checkpoint / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        if f.stat().st_size != size:
+            return f"{rel} holds {f.stat().st_size:,} of {size:,} bytes"
+        if _sha256(f) != digest:
+            return f"{rel} does not match its checksum"
+    model = checkpoint / MODEL_DIR
+    if not (model / "config.json").is_file() and not (model / "adapter_config.json").is_file():
+        return f"{MODEL_DIR}/ has no config.json"
+    for weights in sorted(model.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), "pt") as fh:
+                for key in fh.keys():
+                    if not torch.isfinite(fh.get_tensor(key)).all():
+                        return f"{MODEL_DIR}/{weights.name} holds non-finite weights ({key})"
+        except Exception as e:  # safetensors raises several types for a damaged header
+            return f"{MODEL_DIR}/{weights.name} cannot be read ({e.__class__.__name__})"
+    if not (checkpoint / STATE_FILE).is_file():
+        return f"{STATE_FILE} is missing"
+    return None
+
+
+def usable_checkpoint(out: Path, say=None) -> Path | None:
+    """The newest checkpoint that passes `damage`, saying in one line for each newer one why it was passed over
+    (`say`: a function taking the line; default stderr)."""
+    say = say or (lambda line: print(f"convlearn: {line}", file=sys.stderr))
+    for ckpt in reversed(complete_checkpoints(out)):
+        why = damage(ckpt)
+        if why is None:
+            return ckpt
+        say(f"checkpoint {ckpt.name} is damaged ({why}); falling back to an older one")
+    return None
 
 
 def latest_checkpoint(out: Path) -> Path | None:

@@ -11,7 +11,10 @@ reference's (tests/test_galore.py checks parity with galore_torch.GaLoreAdamW ac
     W <- W - step * scale * P (M / (sqrt(V) + eps))        then W <- W - lr * wd * W
 
 All optimizer state is tensors (moments, projector, step) plus plain numbers, so checkpoints load with
-`weights_only=True`.
+`weights_only=True`. With `stochastic_rounding` (pure-bf16 training, train/precision.py) moments and weights are
+computed in fp32 and stored in bf16 rounded stochastically, so small updates survive in expectation. A group
+with `galore=False` is plain AdamW (the GaLore reference's form: bias correction folded into the step size,
+weight decay after the update).
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import math
 import time
 
 import torch
+
+from .precision import stochastic_round_
 
 log = logging.getLogger(__name__)
 FOREACH_CHUNK = 16  # tensors updated per foreach call in `step`
@@ -88,11 +93,13 @@ class GaLoreAdamW(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                  *, rank: int = 128, update_proj_gap: int = 200, scale: float = 0.25, proj_type: str = "std",
-                 refresh: str = "svd", oversample: int = 8, iters: int = 2, seed: int = 0):
+                 refresh: str = "svd", oversample: int = 8, iters: int = 2, seed: int = 0,
+                 stochastic_rounding: bool = False):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, galore=False, rank=rank,
                         update_proj_gap=update_proj_gap, scale=scale, proj_type=proj_type)
         super().__init__(params, defaults)
         self.refresh_method, self.oversample, self.iters = refresh, oversample, iters
+        self.stochastic_rounding = stochastic_rounding
         device = next((p.device for g in self.param_groups for p in g["params"]), torch.device("cpu"))
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
@@ -179,6 +186,16 @@ class GaLoreAdamW(torch.optim.Optimizer):
                 self._apply(chunk, grads, group)
         return loss
 
+    def apply_updates(self, params: list[torch.Tensor], grads: list[torch.Tensor], group: dict,
+                      coef: float = 1.0) -> None:
+        """Update `params` from their (already projected, for a GaLore group) gradients scaled by `coef` (a
+        clipping coefficient), in chunks: the layer-wise updater's deferred step."""
+        for i in range(0, len(params), FOREACH_CHUNK):
+            chunk = grads[i:i + FOREACH_CHUNK]
+            if coef != 1.0:
+                torch._foreach_mul_(chunk, coef)
+            self._apply(params[i:i + FOREACH_CHUNK], chunk, group)
+
     def _apply(self, params: list[torch.Tensor], grads: list[torch.Tensor], group: dict) -> None:
         """The AdamW(+GaLore) update of `params` from their (projected) gradients, with foreach kernels over the
         list: on a GPU, per-tensor launches and Python overhead for ~300 weights cost more than the arithmetic."""
@@ -194,6 +211,9 @@ class GaLoreAdamW(torch.optim.Optimizer):
             state["step"] += 1
             step = int(state["step"])
             sizes.append(group["lr"] * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step))
+        if self.stochastic_rounding:
+            self._apply_rounded(params, grads, group, sizes)
+            return
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
         torch._foreach_mul_(exp_avgs, beta1)
@@ -209,6 +229,31 @@ class GaLoreAdamW(torch.optim.Optimizer):
             torch._foreach_addcdiv_(params, exp_avgs, denoms, [-s for s in sizes])
         if group["weight_decay"] > 0.0:
             torch._foreach_mul_(params, 1.0 - group["lr"] * group["weight_decay"])
+
+    def _apply_rounded(self, params, grads, group: dict, sizes: list[float]) -> None:
+        """The same update computed in fp32 from bf16 state, every store stochastically rounded to bf16."""
+        beta1, beta2 = group["betas"]
+        decay = 1.0 - group["lr"] * group["weight_decay"]
+        for p, g, size in zip(params, grads, sizes):
+            state = self.state[p]
+            g32 = g.float()
+            m32 = state["exp_avg"].float().mul_(beta1).add_(g32, alpha=1.0 - beta1)
+            v32 = state["exp_avg_sq"].float().mul_(beta2).addcmul_(g32, g32, value=1.0 - beta2)
+            stochastic_round_(state["exp_avg"], m32, self.generator)
+            stochastic_round_(state["exp_avg_sq"], v32, self.generator)
+            step = m32.div_(v32.sqrt_().add_(group["eps"]))
+            w32 = p.float()
+            if group["galore"]:
+                proj = state["projector"].float()
+                if projection_side(p.shape, group["proj_type"]) == "left":
+                    w32.addmm_(proj, step, alpha=-size * group["scale"])
+                else:
+                    w32.addmm_(step, proj, alpha=-size * group["scale"])
+            else:
+                w32.add_(step, alpha=-size)
+            if group["weight_decay"] > 0.0:
+                w32.mul_(decay)
+            stochastic_round_(p.data, w32, self.generator)
 
     # -- checkpoints: tensors and plain numbers only ----------------------------------------------------
     def state_dict(self):

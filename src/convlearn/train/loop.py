@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import sys
 import time
 import warnings
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Protocol
 
@@ -18,11 +21,11 @@ import torch
 from tqdm import tqdm
 
 from .batches import BatchStream, token_losses
-from .checkpoint import Checkpointer, set_rng_state
+from .checkpoint import MODEL_DIR, Checkpointer, load_trainer_state, set_rng_state
 from .distributed import Dist
 from .galore import state_bytes
 from .methods import Trainable
-from .telemetry import Telemetry, cuda_peak_bytes, tensor_bytes
+from .telemetry import ActivationMeter, Telemetry, cuda_peak_bytes, tensor_bytes
 
 
 class Evaluator(Protocol):
@@ -35,6 +38,12 @@ class Evaluator(Protocol):
 
 class RunStopped(Exception):
     """Training had to stop (too many non-finite steps); a checkpoint of the last good state was written."""
+
+
+def weights_finite(params: list[torch.Tensor]) -> bool:
+    """All weights finite, in one reduction and one host sync (a norm per tensor, as gradient clipping does)."""
+    norms = torch._foreach_norm([p.detach() for p in params])
+    return bool(torch.isfinite(torch.stack(norms)).all()) if norms else True
 
 
 def lr_factor(step: int, t) -> float:
@@ -53,7 +62,7 @@ class Trainer:
     def __init__(self, train_cfg, trainable: Trainable, stream: BatchStream, *, out: Path,
                  checkpointer: Checkpointer, telemetry: Telemetry, dist: Dist, device: str, precision: str,
                  evaluator: Evaluator | None = None, max_steps: int | None = None, resume: dict | None = None,
-                 progress: bool = True):
+                 resume_from: Path | None = None, progress: bool = True):
         self.t, self.trainable, self.stream = train_cfg, trainable, stream
         self.out, self.checkpointer, self.telemetry, self.evaluator = Path(out), checkpointer, telemetry, evaluator
         self.dist, self.device, self.precision, self.progress = dist, device, precision, progress
@@ -70,6 +79,9 @@ class Trainer:
         self.autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) \
             if precision == "bf16-mixed" else None
         self.last_saved = self.state["step"] if resume is not None else -1
+        self.last_checkpoint, self.rolled_back = resume_from, False
+        # activation memory: the allocator's peak on a GPU; measured from autograd's saved tensors on CPU
+        self.activations = ActivationMeter(trainable.model.parameters()) if not device.startswith("cuda") else None
         # Where this process's wall time goes (summary.json "time"): batches, forward/backward/step, evals,
         # checkpoints; the rest is logging and bookkeeping.
         self.timing = {"data": 0.0, "compute": 0.0, "eval": 0.0, "checkpoint": 0.0}
@@ -91,7 +103,8 @@ class Trainer:
             if lw is not None:
                 lw.begin_micro(i)
             with self.dist.no_sync(self.model, last=i == len(micro) - 1):
-                s, _ = token_losses(self.model, batch, self.autocast, t.loss_chunk_tokens)
+                with self.activations.measure() if self.activations is not None else nullcontext():
+                    s, _ = token_losses(self.model, batch, self.autocast, t.loss_chunk_tokens)
                 if not torch.isfinite(s):
                     finite = False
                     break
@@ -102,22 +115,26 @@ class Trainer:
         grads = [p.grad for p in tr.trainable]
         grad_bytes = lw.grad_bytes_peak if lw is not None else tensor_bytes(grads)
         grad_norm = None
-        if finite and global_tokens > 0:
-            if lw is not None:
-                grad_norm = lw.grad_norm
-                finite = lw.nonfinite == 0
-            else:
-                norm = torch.nn.utils.clip_grad_norm_(tr.trainable, t.max_grad_norm or float("inf"))
-                grad_norm = float(norm)
-                finite = math.isfinite(grad_norm)
-                if finite:
-                    opt.step()
+        updated = False
         if lw is not None:
-            lw.low.clear()
+            if finite and global_tokens > 0:
+                grad_norm, finite = lw.finish_step()
+                updated = finite
+            else:
+                lw.discard_step()
+        elif finite and global_tokens > 0:
+            norm = torch.nn.utils.clip_grad_norm_(tr.trainable, t.max_grad_norm or float("inf"))
+            grad_norm = float(norm)
+            finite = math.isfinite(grad_norm)
+            if finite:
+                opt.step()
+                updated = True
         opt.zero_grad(set_to_none=True)
+        if updated and not weights_finite(tr.trainable):
+            return self._roll_back()
         lr = opt.param_groups[0]["lr"]
         with warnings.catch_warnings():  # layer-wise and skipped steps update without optimizer.step()
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             self.scheduler.step()
         st = self.state
         st["step"] += 1
@@ -135,11 +152,13 @@ class Trainer:
         record = {"step": st["step"], "loss": loss, "lr": lr, "grad_norm": grad_norm,
                   "tokens": st["tokens"], "loss_tokens": st["loss_tokens"],
                   "tokens_per_s": input_tokens / elapsed, "step_seconds": elapsed,
+                  "step_input_tokens": int(input_tokens),
                   "data_seconds": fetched - started,
                   "skipped_steps": st["skipped_steps"],
                   "memory": {"model_param_bytes": tensor_bytes(tr.model.parameters()),
                              "trainable_param_bytes": tensor_bytes(tr.trainable),
                              "grad_bytes_peak": grad_bytes, "optimizer_state_bytes": state_bytes(opt),
+                             "activation_bytes_peak": self.activations.take_peak() if self.activations else None,
                              "cuda_peak_bytes": cuda_peak_bytes()}}
         domains = [d for b in micro for d in b["domains"]]
         record["data"] = {"epoch": self.stream.epoch, "pos": self.stream.pos,
@@ -153,13 +172,39 @@ class Trainer:
                                 **self.stream.replay.counts}
         return record
 
+    def _roll_back(self) -> dict:
+        """The update made weights non-finite (finite loss and gradients, a rate too large): such weights are
+        never saved. Go back to the last checkpoint and go on; if it happens again before a new checkpoint, or
+        there is none yet, stop with one line."""
+        step = self.state["step"] + 1
+        ckpt = self.last_checkpoint
+        if ckpt is None or self.rolled_back:
+            where = f"again after rolling back to {ckpt.name}" if ckpt is not None else "before any checkpoint"
+            raise RunStopped(f"stopped at step {step}: an update made the weights non-finite {where}; nothing "
+                             f"non-finite was saved. Lower train.lr (or train.max_grad_norm) and resume.")
+        ts = load_trainer_state(ckpt)
+        restored = self.state.get("rolled_back", 0) + 1
+        self.trainable.method.reload(self.trainable, ckpt / MODEL_DIR)
+        self.trainable.optimizer.load_state_dict(ts["optimizer"])
+        self.scheduler.load_state_dict(ts["scheduler"])
+        self.stream.load_state(ts["stream"])
+        self.state.update(ts["counters"])
+        self.state["rolled_back"] = restored
+        set_rng_state(ts["rng"])
+        self.telemetry.cut_to(self.state["step"])
+        self.rolled_back = True
+        print(f"convlearn: step {step}: an update made the weights non-finite; rolled back to {ckpt.name} "
+              f"({restored} roll-back(s) in this run)", file=sys.stderr, flush=True)
+        return {}
+
     def _save(self) -> None:
         started = time.perf_counter()
         if self.dist.main:
-            self.checkpointer.save(self.state["step"], self.trainable, {
+            self.last_checkpoint = self.checkpointer.save(self.state["step"], self.trainable, {
                 "scheduler": self.scheduler.state_dict(), "stream": self.stream.state(),
                 "counters": dict(self.state)})
         self.last_saved = self.state["step"]
+        self.rolled_back = False
         self.dist.barrier()
         self.timing["checkpoint"] += time.perf_counter() - started
 
@@ -168,7 +213,8 @@ class Trainer:
         step = self.state["step"]
         if self.evaluator is not None and self.evaluator.due(step, last):
             self.model.eval()
-            with torch.no_grad():
+            # in bf16-mixed, evaluation computes in bf16 like training (and frozen weights are bf16)
+            with torch.no_grad(), (self.autocast if self.autocast is not None else nullcontext()):
                 figures = self.evaluator.run(step, self.trainable.model)
             self.model.train()
             self.telemetry.log_eval(step, figures)
@@ -188,6 +234,10 @@ class Trainer:
         try:
             while self.state["step"] < self.max_steps and not self.stream.done:
                 record = self._step()
+                if not record:  # rolled back to the last checkpoint: its steps are run again
+                    records = [r for r in records if r["step"] <= self.state["step"]]
+                    bar.n = self.state["step"]
+                    continue
                 records.append(record)
                 self.telemetry.log_step(record)
                 bar.update(1)
@@ -217,12 +267,22 @@ class Trainer:
     def _summary(self, records: list[dict], timing: dict) -> dict:
         good = [r for r in records if math.isfinite(r["loss"])]
         tr = self.trainable
+        # Throughput as a user lives it: every token this process trained on over the wall time it took, projector
+        # refreshes, batching and checkpoints included, scheduled evaluation left out (and reported apart). The
+        # mean of per-step rates would hide the rare slow refresh steps.
+        run_tokens = sum(r["step_input_tokens"] for r in records)
+        train_seconds = timing["wall_s"] - timing["eval_s"]
         summary = {
             "method": tr.name, "method_label": tr.method.label, "steps": self.state["step"],
             "tokens": self.state["tokens"], "loss_tokens": self.state["loss_tokens"],
             "skipped_steps": self.state["skipped_steps"],
             "final_loss": good[-1]["loss"] if good else None,
-            "mean_tokens_per_s": (sum(r["tokens_per_s"] for r in records) / len(records)) if records else None,
+            "tokens_per_s": run_tokens / train_seconds if records and train_seconds > 0 else None,
+            "throughput": {"tokens": run_tokens, "train_seconds": round(train_seconds, 3),
+                           "eval_seconds": timing["eval_s"], "steps": len(records),
+                           "step_seconds": [round(r["step_seconds"], 4) for r in records],
+                           "step_tokens": [r["step_input_tokens"] for r in records]},
+            "mean_step_tokens_per_s": (sum(r["tokens_per_s"] for r in records) / len(records)) if records else None,
             "peak_memory": {k: max((r["memory"][k] or 0) for r in records) for k in records[0]["memory"]}
             if records else {},
             "world_size": self.dist.world, "precision": self.precision, "time": timing,

@@ -6,10 +6,16 @@ optimizer allocates with (`Method.count_memory` in train/methods/; `methods.coun
 this module holds the shared rules and the rows of the memory and speed tables. tests/test_memory.py checks
 every count against the tensors a real training step allocates.
 
+Counts follow `train.precision` (train/precision.py): the model is built in the weight dtype (float32 for fp32 and
+bf16-mixed, bf16 for pure bf16) and gradients and state take their parameter's dtype; bf16-mixed holds frozen
+weights in bf16. The bf16 copies autocast makes of fp32 weights for the forward are per-step transients, measured
+with the activations (benchmarks/memory.py --activations), not counted here.
+
 Shared rules, per parameter of shape m x n (e = bytes per element of the parameter's dtype):
-- weights: every parameter once (a tied embedding is one tensor).
-- gradients at peak: all trainable gradients coexist before the optimizer step, except in layer-wise mode,
-  where each is freed in its own hook (`layerwise_grad_peak`).
+- weights: every parameter once (a tied embedding is one tensor); frozen ones at 2 bytes in bf16-mixed.
+- gradients at peak: all trainable gradients coexist before the optimizer step, except in layer-wise mode:
+  per-tensor clipping frees each in its own hook (`layerwise_grad_peak`); global clipping keeps the low-rank
+  gradients and the non-projected full ones until the step (`deferred_grad_peak`).
 - AdamW (torch, and ours for non-projected weights): two moments of the parameter's shape and dtype, and a
   float32 step counter tensor (`adam_state`).
 """
@@ -96,6 +102,31 @@ def layerwise_grad_peak(model: torch.nn.Module, trainable: list[torch.Tensor]) -
     tied = [p for p in trainable if p is emb_in and p is emb_out]
     rest = [nbytes(p) for p in trainable if not any(p is t for t in tied)]
     return sum(nbytes(p) for p in tied) + max(rest, default=0)
+
+
+def weight_bytes(params: list[torch.Tensor], trainable: list[torch.Tensor], precision: str = "fp32") -> int:
+    """Bytes of every weight held: frozen ones in bf16 under bf16-mixed (train/precision.frozen_to_bf16)."""
+    live = {id(p) for p in trainable}
+    if precision != "bf16-mixed":
+        return sum(nbytes(p) for p in params)
+    return sum(nbytes(p) if id(p) in live or p.dtype != torch.float32 else 2 * p.numel() for p in params)
+
+
+def deferred_grad_peak(model: torch.nn.Module, trainable: list[torch.Tensor], projected: list[torch.Tensor],
+                       lowrank_bytes: int) -> int:
+    """Layer-wise with global clipping: the low-rank gradients of projected weights and the full gradients of
+    the others are kept until the step, and one projected full gradient exists at a time inside its hook. The
+    input embedding's gradient arrives last (an untied one that is kept is not there yet while the projected
+    weights' hooks run). An upper bound: the largest projected gradient is counted on top of everything else
+    kept by then, while its hook may come before some of the others' (autograd's order); tests/test_memory.py
+    bounds the gap."""
+    proj = {id(p) for p in projected}
+    kept = sum(nbytes(p) for p in trainable if id(p) not in proj) + lowrank_bytes
+    emb_in, emb_out = (getattr(m, "weight", None) for m in (model.get_input_embeddings(),
+                                                             model.get_output_embeddings()))
+    arrives_last = nbytes(emb_in) if emb_in is not None and emb_in is not emb_out and id(emb_in) not in proj \
+        and any(p is emb_in for p in trainable) else 0
+    return max(kept, kept - arrives_last + max((nbytes(p) for p in projected), default=0))
 
 
 def method_config(overrides: list[str]):

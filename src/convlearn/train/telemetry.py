@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,12 +42,28 @@ class Telemetry:
                                     config=json.loads(json.dumps(_plain(cfg), default=str)))
 
     def _truncate(self, step: int) -> None:
-        """On resume, drop the lines of steps after the checkpoint: they are about to be run again."""
+        """On resume, drop the lines of steps after the checkpoint: they are about to be run again. A last line cut
+        short by a kill mid-write is dropped too (it can only belong to a step after the checkpoint)."""
         if not self.metrics_path.exists():
             return
-        keep = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        self.metrics_path.write_text("".join(line + "\n" for line in keep))
+        keep = []
+        for line in self.metrics_path.read_text(errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("step", step + 1) <= step:
+                keep.append(line)
+        tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.metrics_path)
+
+    def cut_to(self, step: int) -> None:
+        """Forget the steps after `step` (they are run again after a roll-back)."""
+        if self.enabled:
+            self._truncate(step)
 
     def log_step(self, record: dict) -> None:
         if not self.enabled:
@@ -89,6 +107,34 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def _plain(cfg):
     return asdict(cfg)
+
+
+class ActivationMeter:
+    """Bytes of the tensors a forward pass keeps for backward (autograd's saved tensors, each storage once),
+    weights excluded: the activation memory of a step, measured where no allocator counter exists (CPU). The
+    bf16 copies autocast makes of fp32 weights are not weights: they are counted."""
+
+    def __init__(self, params):
+        self.weights = {p.untyped_storage().data_ptr() for p in params}
+        self.peak = 0
+
+    @contextmanager
+    def measure(self):
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            storage = t.untyped_storage()
+            ptr = storage.data_ptr()
+            if ptr not in self.weights:
+                seen[ptr] = storage.nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            yield
+        self.peak = max(self.peak, sum(seen.values()))
+
+    def take_peak(self) -> int:
+        peak, self.peak = self.peak, 0
+        return peak
 
 
 def cuda_peak_bytes() -> int | None:

@@ -27,25 +27,27 @@ def method_classes() -> list[type[Method]]:
     return list(_REGISTRY.values())
 
 
-def method_for(method_cfg) -> Method:
-    """The method a `method` config section names, with its keys checked (ConfigError names the key)."""
+def method_for(method_cfg, train_cfg=None) -> Method:
+    """The method a `method` config section names, with its keys (and, given the `train` section, their
+    combinations with it) checked: ConfigError names the key."""
     cls = _REGISTRY.get(method_cfg.name)
     if cls is None:
         raise ConfigError("method.name", f"unknown method {method_cfg.name!r} (known: {', '.join(_REGISTRY)})")
     method = cls(method_cfg)
-    method.check()
+    method.check(train_cfg)
     return method
 
 
 def build_method(model, cfg, spec, device: str, seed: int = 0) -> Trainable:
     """The trainable of a run config's method on `model` (targets: the config's, else the model family's)."""
     targets = cfg.method.target_modules or list(spec.facts.target_modules)
-    return method_for(cfg.method).build(model, cfg.train, targets, device, seed)
+    return method_for(cfg.method, cfg.train).build(model, cfg.train, targets, device, seed)
 
 
-def count_memory(model, method_cfg, targets):
-    """Weights, gradients at peak and optimizer state of the method a config section names, in bytes."""
-    return method_for(method_cfg).count_memory(model, targets)
+def count_memory(model, method_cfg, targets, precision: str = "fp32"):
+    """Weights, gradients at peak and optimizer state of the method a config section names, in bytes, on
+    `model` built in the weight dtype of `precision` (train/precision.py)."""
+    return method_for(method_cfg).count_memory(model, targets, precision)
 
 
 def methods_docs() -> str:

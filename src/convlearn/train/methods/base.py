@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+from safetensors.torch import load_file
 
 from ...errors import ConfigError
 from ..layerwise import LayerwiseUpdater
@@ -49,11 +50,12 @@ class Method:
         self.cfg = method_cfg
 
     # -- config ------------------------------------------------------------------------------------------
-    def check(self) -> None:
-        """Raise ConfigError (naming the key) for settings this method cannot honour."""
+    def check(self, train_cfg=None) -> None:
+        """Raise ConfigError (naming the key) for settings this method cannot honour; with the `train` section,
+        also for combinations with it."""
         m = self.cfg
         if m.layerwise and not self.layerwise:
-            raise ConfigError("method.layerwise", f"is a GaLore option; method.name is {self.name}")
+            raise ConfigError("method.layerwise", f"is an option of galore and adamw; method.name is {self.name}")
         if m.embeddings not in self.embeddings:
             raise ConfigError("method.embeddings", f"{m.embeddings} is not an option of {self.name} (its "
                                                    f"options: {', '.join(self.embeddings)})")
@@ -68,7 +70,7 @@ class Method:
         """A human name with the settings that tell runs apart: `galore r=128 layer-wise`."""
         parts = [self.name] + ([f"r={self.rank}"] if self.rank is not None else [])
         if self.cfg.layerwise:
-            parts.append("layer-wise")
+            parts.append("layer-wise" + (" per-tensor clip" if self.cfg.layerwise_clipping == "per_tensor" else ""))
         if self.cfg.embeddings != "train":
             parts.append(f"embeddings {self.cfg.embeddings}")
         return " ".join(parts)
@@ -86,6 +88,18 @@ class Method:
         """Put what a checkpoint holds back into a freshly built trainable (full weights were already loaded
         by `initial_weights`)."""
 
+    def reload(self, trainable: Trainable, checkpoint_model: Path) -> None:
+        """Put a checkpoint's weights back into a live trainable (rolling back after non-finite weights)."""
+        state = {}
+        for f in sorted(Path(checkpoint_model).glob("*.safetensors")):
+            state.update(load_file(str(f)))
+        missing, unexpected = trainable.model.load_state_dict(state, strict=False)
+        tied = {name for name, p in trainable.model.named_parameters(remove_duplicate=False)} - \
+            {name for name, _ in trainable.model.named_parameters()}
+        if unexpected or set(missing) - tied - {k for k in missing if k.endswith("lm_head.weight")}:
+            raise RuntimeError(f"{checkpoint_model}: weights do not fit the model (missing {missing[:3]}, "
+                               f"unexpected {unexpected[:3]})")
+
     def save(self, trainable: Trainable, path: Path) -> None:
         """What it trains, as a Hugging Face folder (the full model)."""
         trainable.model.save_pretrained(path)
@@ -100,7 +114,9 @@ class Method:
         return load_base(str(folder))
 
     # -- cost --------------------------------------------------------------------------------------------
-    def count_memory(self, model: torch.nn.Module, targets) -> MemoryCount:
+    def count_memory(self, model: torch.nn.Module, targets, precision: str = "fp32") -> MemoryCount:
+        """Bytes of weights, gradients at peak and optimizer state on `model` (built in the weight dtype of
+        `precision`)."""
         raise NotImplementedError
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..memory import STEP_BYTES, MemoryCount, nbytes
+from ..memory import STEP_BYTES, MemoryCount, weight_bytes
 from ..params import lora_adapter_shapes
 from . import register
 from .base import Method, Trainable, adam_kwargs
@@ -45,6 +45,9 @@ class LoRA(Method):
         from peft import set_peft_model_state_dict  # peft: ~6 s to import, only for LoRA runs
         set_peft_model_state_dict(trainable.model, load_file(str(Path(checkpoint_model) / ADAPTER_FILE)))
 
+    def reload(self, trainable: Trainable, checkpoint_model: Path) -> None:
+        self.restore(trainable, checkpoint_model)
+
     def merged(self, trainable: Trainable) -> torch.nn.Module:
         return trainable.model.merge_and_unload()
 
@@ -52,9 +55,9 @@ class LoRA(Method):
         from peft import PeftModel  # peft: ~6 s to import, only for LoRA runs
         return PeftModel.from_pretrained(load_base(base), str(folder))
 
-    def count_memory(self, model, targets) -> MemoryCount:
+    def count_memory(self, model, targets, precision: str = "fp32") -> MemoryCount:
         adapters = lora_adapter_shapes(model, targets, self.cfg.lora_rank)
         adapter_bytes = 4 * sum(a + b for a, b in adapters)  # peft keeps adapters in fp32
-        weights = sum(nbytes(p) for p in model.parameters())
+        weights = weight_bytes(list(model.parameters()), [], precision)  # the base is frozen
         return MemoryCount(weights + adapter_bytes, adapter_bytes,
                            2 * adapter_bytes + STEP_BYTES * 2 * len(adapters), sum(a + b for a, b in adapters))

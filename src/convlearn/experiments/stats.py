@@ -1,0 +1,171 @@
+"""The statistics behind every verdict: intervals and tests over what the evaluation records keep per sample.
+
+- A change in perplexity between two evaluations of the same held-out samples: a paired bootstrap over samples
+  (resampling samples, not tokens: tokens of one conversation are not independent).
+- A change in benchmark accuracy on the same questions: McNemar's exact test on the discordant questions and a
+  paired bootstrap interval of the change.
+- A difference between two groups of runs (replay vs none, over seeds): Welch's t-test and its interval.
+- A ratio of throughputs: a bootstrap over each run's steps.
+- Whether a score is distinguishable from chance at all: a one-sided binomial test.
+scipy does the tests; the bootstraps are a few lines of numpy with a fixed seed, so reports are reproducible.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+
+def _rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def _aligned(a: dict, b: dict) -> tuple[dict, dict] | None:
+    """Two per-sample records restricted to the samples both evaluated, in one order (None if none shared)."""
+    if a.get("ids") == b.get("ids"):
+        return a, b
+    index_b = {k: i for i, k in enumerate(b.get("ids", []))}
+    pairs = [(i, index_b[k]) for i, k in enumerate(a.get("ids", [])) if k in index_b]
+    if not pairs:
+        return None
+    ia, ib = (list(x) for x in zip(*pairs))
+    pick = lambda rec, idx: {k: [v[i] for i in idx] if isinstance(v, list) else v  # noqa: E731
+                             for k, v in rec.items()}
+    return pick(a, ia), pick(b, ib)
+
+
+def ppl_change(before: dict, after: dict, mask: str = "assistant", n_boot: int = 2000, confidence: float = 0.95,
+               seed: int = 0) -> dict | None:
+    """Relative change of perplexity (after / before - 1) on the same samples, with a paired-bootstrap interval.
+    `before` / `after`: per-sample records (`ids`, `nats_<mask>`, `tokens_<mask>`)."""
+    aligned = _aligned(before, after)
+    if aligned is None:
+        return None
+    a, b = aligned
+    na, ta = np.asarray(a[f"nats_{mask}"]), np.asarray(a[f"tokens_{mask}"])
+    nb, tb = np.asarray(b[f"nats_{mask}"]), np.asarray(b[f"tokens_{mask}"])
+    keep = ta > 0
+    na, ta, nb, tb = na[keep], ta[keep], nb[keep], tb[keep]
+    if len(na) == 0:
+        return None
+
+    def change(idx):
+        return np.exp(nb[idx].sum(-1) / tb[idx].sum(-1) - na[idx].sum(-1) / ta[idx].sum(-1)) - 1
+
+    idx = _rng(seed).integers(0, len(na), (n_boot, len(na)))
+    boot = change(idx)
+    lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return {"change": float(change(np.arange(len(na)))), "low": float(lo), "high": float(hi),
+            "samples": int(len(na)), "mask": mask}
+
+
+def accuracy_change(before: list[int], after: list[int], n_boot: int = 2000, confidence: float = 0.95,
+                    seed: int = 0) -> dict | None:
+    """Change in accuracy (points) on the same questions: McNemar's exact p-value (two-sided, on the questions
+    that changed) and a paired-bootstrap interval."""
+    if not before or len(before) != len(after):
+        return None
+    x, y = np.asarray(before), np.asarray(after)
+    lost, gained = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
+    p = stats.binomtest(gained, lost + gained, 0.5).pvalue if lost + gained else 1.0
+    idx = _rng(seed).integers(0, len(x), (n_boot, len(x)))
+    boot = 100 * (y[idx].mean(-1) - x[idx].mean(-1))
+    lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return {"change_points": float(100 * (y.mean() - x.mean())), "low": float(lo), "high": float(hi),
+            "p_value": float(p), "questions": int(len(x)), "lost": lost, "gained": gained}
+
+
+def above_chance(correct: list[int], chance: float, alpha: float = 0.05) -> dict:
+    """Is an accuracy distinguishable from guessing? One-sided binomial test against the chance level."""
+    n, k = len(correct), int(sum(correct))
+    p = stats.binomtest(k, n, chance, alternative="greater").pvalue if n else 1.0
+    return {"accuracy": k / n if n else None, "chance": chance, "questions": n, "p_value": float(p),
+            "above_chance": bool(n and p < alpha)}
+
+
+def welch(a: list[float], b: list[float], confidence: float = 0.95) -> dict | None:
+    """Mean(a) - mean(b) with Welch's t interval and two-sided p-value (needs >= 2 values in each group)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    res = stats.ttest_ind(a, b, equal_var=False)
+    ci = res.confidence_interval(confidence)
+    return {"difference": float(np.mean(a) - np.mean(b)), "low": float(ci.low), "high": float(ci.high),
+            "p_value": float(res.pvalue), "n": [len(a), len(b)]}
+
+
+def throughput_ratio(steps_a: tuple[list[int], list[float]], steps_b: tuple[list[int], list[float]],
+                     n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict | None:
+    """Throughput of run A over run B (tokens / seconds of their steps), with a bootstrap over each run's steps:
+    the rare slow steps (projector refreshes) are resampled at their rate, not averaged away."""
+    (ta, sa), (tb, sb) = (tuple(np.asarray(x, dtype=float) for x in s) for s in (steps_a, steps_b))
+    if not len(ta) or not len(tb) or sa.sum() <= 0 or sb.sum() <= 0:
+        return None
+    rng = _rng(seed)
+    ia = rng.integers(0, len(ta), (n_boot, len(ta)))
+    ib = rng.integers(0, len(tb), (n_boot, len(tb)))
+    boot = (ta[ia].sum(-1) / sa[ia].sum(-1)) / (tb[ib].sum(-1) / sb[ib].sum(-1))
+    lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return {"ratio": float((ta.sum() / sa.sum()) / (tb.sum() / sb.sum())), "low": float(lo), "high": float(hi)}
+
+
+def slope_interval(xs: list[float], ys: list[float], confidence: float = 0.95) -> dict:
+    """Least squares of y on ln(x) with the slope's t interval and R² (scipy.stats.linregress)."""
+    lx = np.log(np.asarray(xs, dtype=float))
+    fit = stats.linregress(lx, ys)
+    n = len(xs)
+    half = stats.t.ppf((1 + confidence) / 2, n - 2) * fit.stderr if n > 2 else math.inf
+    return {"slope": float(fit.slope), "intercept": float(fit.intercept), "r2": float(fit.rvalue ** 2),
+            "low": float(fit.slope - half), "high": float(fit.slope + half), "p_value": float(fit.pvalue), "n": n}
+
+
+def _changes_on_shared_samples(runs: list[tuple[dict, dict]], mask: str, n_boot: int, seed: int):
+    """For runs given as (before, after) per-sample records of the same samples: each run's relative perplexity
+    change on the full set and on `n_boot` shared resamples (the same samples drawn for every run)."""
+    ids = None
+    arrays = []
+    for before, after in runs:
+        if before is None or after is None:
+            return None
+        aligned = _aligned(before, after)
+        if aligned is None:
+            return None
+        a, b = aligned
+        ids = a["ids"] if ids is None else ids
+        if a["ids"] != ids:
+            return None
+        arrays.append([np.asarray(x[f"{k}_{mask}"]) for x in (a, b) for k in ("nats", "tokens")])
+    n = len(ids)
+    idx = _rng(seed).integers(0, n, (n_boot, n))
+
+    def change(arr, sel):
+        na, ta, nb, tb = (x[sel] for x in arr)
+        return np.exp(nb.sum(-1) / tb.sum(-1) - na.sum(-1) / ta.sum(-1)) - 1
+    return [(float(change(arr, np.arange(n))), change(arr, idx)) for arr in arrays], n
+
+
+def gain_ratio(a: tuple[dict, dict], b: tuple[dict, dict], mask: str = "assistant", n_boot: int = 2000,
+               confidence: float = 0.95, seed: int = 0) -> dict | None:
+    """Run A's perplexity gain as a multiple of run B's (ratio of relative changes), on the same held-out
+    samples, with a paired bootstrap interval."""
+    got = _changes_on_shared_samples([a, b], mask, n_boot, seed)
+    if got is None:
+        return None
+    ((ca, boot_a), (cb, boot_b)), n = got
+    boot = boot_a / boot_b
+    lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return {"ratio": ca / cb, "low": float(lo), "high": float(hi), "samples": n}
+
+
+def paired_change_difference(a: tuple[dict, dict] | None, b: tuple[dict, dict] | None, n_boot: int = 2000,
+                             confidence: float = 0.95, seed: int = 0, mask: str = "all") -> dict | None:
+    """Run A's relative perplexity change minus run B's on the same samples (e.g. no replay minus replay: how
+    much less B forgot), with a paired bootstrap interval."""
+    if a is None or b is None:
+        return None
+    got = _changes_on_shared_samples([a, b], mask, n_boot, seed)
+    if got is None:
+        return None
+    ((ca, boot_a), (cb, boot_b)), n = got
+    lo, hi = np.quantile(boot_a - boot_b, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return {"difference": ca - cb, "low": float(lo), "high": float(hi), "samples": n}
