@@ -19,6 +19,17 @@ from convlearn.data.records import Skip
     ("ping 10.0.0.255 or 2001:0db8:85a3:0000:0000:8a2e:0370:7334 or fe80::1ff:fe23:4567:890a",
      "ping <IP_ADDRESS> or <IP_ADDRESS> or <IP_ADDRESS>", {"ip_address": 3}),
     ("call (415) 555-0100 or +44 20 7946 0958", "call <PHONE> or <PHONE>", {"phone": 2}),
+    # the gaps found by planting secrets in the prepared cache, each under its own name
+    ("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws_secret_access_key = <AWS_SECRET>",
+     {"aws_secret": 1}),
+    ("call 020 7946 0958 or 4155552671", "call <PHONE> or <PHONE>", {"phone": 2}),
+    ("bind ::1 and ::ffff:192.0.2.1", "bind <IP_ADDRESS> and <IP_ADDRESS>", {"ip_address": 2}),
+    ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\nAAAB\n-----END OPENSSH PRIVATE KEY----- ok",
+     "<PRIVATE_KEY> ok", {"private_key": 1}),
+    ("pay with 4111 1111 1111 1111 or 5500-0000-0000-0004", "pay with <CREDIT_CARD> or <CREDIT_CARD>",
+     {"credit_card": 2}),
+    ("IBAN GB82 WEST 1234 5698 7654 32, DE89370400440532013000", "IBAN <IBAN>, <IBAN>", {"iban": 2}),
+    ("my SSN is 123-45-6789.", "my SSN is <SSN>.", {"ssn": 1}),
 ])
 def test_scrubber_replaces_with_typed_placeholders(text, expected, kinds):
     counts = Counter()
@@ -30,6 +41,8 @@ def test_scrubber_replaces_with_typed_placeholders(text, expected, kinds):
     "Released on 2023-10-05 at 12:30:45, version 3.11.7, pi = 3.14159, 1,000,000 users",
     "std::vector<int> x; a.b = c; use @decorator and user@localhost",
     "ISBN 978-3-16-148410-0 and the year 1999",
+    "a[::1], a[::-1], std::cout, 4111-1111-1111-1112 (Luhn fails), GB82WEST12345698765433 (mod 97 fails)",
+    "invalid SSNs 000-12-3456 and 666-45-6789; order 1234567890123; unix time 1699999999",
 ])
 def test_scrubber_leaves_ordinary_text_alone(text):
     counts = Counter()

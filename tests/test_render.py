@@ -142,3 +142,66 @@ def test_text_the_normalizer_would_change_takes_the_offsets_path(tokenizers):
     enc = TokenEncoder(tokenizers["qwen2"])  # Qwen2 normalizes to NFC
     (e,) = enc.encode(["cafe\u0301 au lait"])  # decomposed é: NFC changes it
     assert enc.fallbacks == 1 and e.nbytes.sum() == len("cafe\u0301 au lait".encode())
+
+
+HEADERS = {"qwen2": "assistant", "llama": "assistant", "gemma2": "model", "phi3": "<|assistant|>"}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tokens_straddling_the_header_are_not_assistant_tokens(tokenizers, arch):
+    """Content that starts with a newline or spaces merges with the header's last characters (Qwen's `\\n`,
+    SentencePiece's `model\\n` + a letter, Phi-3's rstrip role tokens): such a token belongs to the header."""
+    tok, r = tokenizers[arch], renderer(tokenizers, arch)
+    for content in ("\nHello there.", "   spaced answer", "\n\n- a list\n- of items", "Plain answer."):
+        msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": content}]
+        rendered = r.render_text(msgs)
+        enc = r.encoder.encode([rendered.text])[0]
+        _, c0, c1, end = rendered.byte_spans()[1]
+        sample = r._sample(Conversation("x", "t", []), rendered, enc, 0, 0)
+        expected = [int(c0 <= s < end and e > s) for s, e in zip(enc.start, enc.end)]
+        assert sample.assistant_mask.tolist() == expected
+        assert HEADERS[arch] not in masked(tok, enc.ids, sample.assistant_mask)
+        assert rendered.text == tok.apply_chat_template(msgs, tokenize=False, **FAMILIES[arch].template_kwargs)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_templates_that_trim_are_trimmed_exactly_for_every_conversation(tokenizers, arch):
+    tok, r = tokenizers[arch], renderer(tokenizers, arch)
+    assert r.trimmed_roles >= {"user", "assistant"}
+    for i in range(6):  # well past the old "first three are checked" window
+        msgs = [{"role": "user", "content": f"  question {i}\n"}, {"role": "assistant", "content": f" answer {i}  "}]
+        rendered = r.render_text(msgs)
+        assert rendered.text == tok.apply_chat_template(msgs, tokenize=False, **FAMILIES[arch].template_kwargs)
+        enc = r.encoder.encode([rendered.text])[0]
+        sample = r._sample(Conversation("x", "t", []), rendered, enc, 0, 0)
+        assert masked(tok, enc.ids, sample.assistant_mask) == f"answer {i}" + CLOSER[arch]
+
+
+def test_qwen_and_phi_do_not_trim(tokenizers):
+    assert renderer(tokenizers, "qwen2").trimmed_roles == set() == renderer(tokenizers, "phi3").trimmed_roles
+
+
+def test_phi3_twin_behaves_like_the_real_tokenizer_and_template(tokenizers):
+    tok, r = tokenizers["phi3"], renderer(tokenizers, "phi3")
+    rstrip = {t.content: t.rstrip for t in tok.added_tokens_decoder.values()}
+    assert all(rstrip[t] for t in ("<|assistant|>", "<|user|>", "<|end|>", "<|system|>"))
+    assert not rstrip["<|endoftext|>"]
+    # `<|end|>\n` is one token, as in the real tokenizer
+    assert tok("<|end|>\n", add_special_tokens=False)["input_ids"] == [tok.convert_tokens_to_ids("<|end|>")]
+    # an empty system message is dropped by Phi-3.5's template, and so by the renderer
+    msgs = [{"role": "system", "content": ""}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."}]
+    rendered = r.render_text(msgs)
+    assert rendered.text == tok.apply_chat_template(msgs, tokenize=False) and "<|system|>" not in rendered.text
+    enc = r.encoder.encode([rendered.text])[0]
+    sample = r._sample(Conversation("x", "t", []), rendered, enc, 0, 0)
+    assert masked(tok, enc.ids, sample.assistant_mask) == "Hello.<|end|>"
+    assert sum(enc.nbytes) == len(rendered.text.encode())  # bytes per token still add up (offsets path)
+
+
+def test_qwen_injects_its_default_system_prompt_outside_the_mask(tokenizers):
+    tok, r = tokenizers["qwen2"], renderer(tokenizers, "qwen2")
+    (s,) = r.render(conversation(1, system=False))
+    text = tok.decode(s.input_ids)
+    assert "You are Qwen, created by Alibaba Cloud." in text
+    assert "Qwen" not in masked(tok, s.input_ids, s.assistant_mask)

@@ -10,11 +10,15 @@ import torch
 
 from helpers import kill_after_steps, metrics, run_config, train
 
+REPLAY = ["replay.ratio=0.25", "replay.source=both", "replay.reservoir_size=16",
+          "replay.original={path: python-docstrings, format: text, limit: 300}"]
 METHODS = {
     "adamw": ["method.name=adamw"],
     "lora": ["method.name=lora", "method.lora_rank=8", "method.lora_alpha=16", "train.lr=0.01"],
     "galore": ["method.name=galore"],
     "galore-layerwise": ["method.name=galore", "method.layerwise=true"],
+    "adamw-layerwise": ["method.name=adamw", "method.layerwise=true", "method.layerwise_clipping=per_tensor"],
+    "galore-layerwise-replay": ["method.name=galore", "method.layerwise=true", *REPLAY],
 }
 
 
@@ -23,7 +27,7 @@ def base(tmp_path_factory, tiny_models):
     root = tmp_path_factory.mktemp("train")
     cfg = run_config(root / "run.yaml", tiny_models["qwen2"], root / "cache",
                      method={"rank": 16, "update_proj_gap": 4},
-                     train={"max_steps": 16, "save_every": 4},
+                     train={"max_steps": 16, "save_every": 4, "warmup_steps": 10},  # kills land in warm-up
                      eval={"schedule": [{"step": 0, "suite": "quick"}, {"step": 8, "suite": "quick"}],
                            "heldout_samples": 32},
                      logging={"tensorboard": True})
@@ -43,10 +47,11 @@ def runs(base):
 
 
 def test_every_method_learns_from_the_same_start(runs):
-    first = {name: metrics(out)[0]["loss"] for name, out in runs.items()}
+    first = {name: metrics(out)[0]["loss"] for name, out in runs.items() if "replay" not in name}
     assert len(set(first.values())) == 1, first  # same model, same first batch, whatever the method
     for name, out in runs.items():
         m = metrics(out)
+        lr = 0.01 if name == "lora" else 0.003
         assert [r["step"] for r in m] == list(range(1, 17))
         start = json.loads((out / "evals" / "step-0.json").read_text())["evaluations"]["conversation_ppl"]["all"]
         end = json.loads((out / "evals" / "step-16.json").read_text())["evaluations"]["conversation_ppl"]["all"]
@@ -56,6 +61,7 @@ def test_every_method_learns_from_the_same_start(runs):
         assert start["tokens"] == end["tokens"] > 0 and end["bits_per_byte"] > 0
         summary = json.loads((out / "summary.json").read_text())
         assert summary["steps"] == 16 and summary["skipped_steps"] == 0 and summary["method"] in name
+        assert [r["lr"] for r in m][:3] == pytest.approx([0.1 * lr, 0.2 * lr, 0.3 * lr])  # warm-up, then flat
         t = summary["time"]  # where the wall time went: parts add up to the whole
         assert t["compute_s"] > 0 and t["data_s"] > 0 and t["eval_s"] > 0 and t["checkpoint_s"] > 0
         parts = t["data_s"] + t["compute_s"] + t["eval_s"] + t["checkpoint_s"] + t["other_s"]
@@ -92,11 +98,13 @@ def test_sigkill_and_resume_gives_identical_losses(base, runs, method):
     proc = train(cfg, out, *METHODS[method], wait=False)
     killed_at = kill_after_steps(proc, out, 7)
     assert 7 <= killed_at < 16
+    with open(out / "metrics.jsonl", "a") as fh:  # killed mid-write: a partial last line
+        fh.write('{"step": 99, "loss": 1.2')
     res = train(cfg, out, *METHODS[method], "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
-    resumed = [r["loss"] for r in metrics(out)]
-    reference = [r["loss"] for r in metrics(runs[method])]
-    assert resumed == reference  # bit for bit
+    resumed = [(r["loss"], r["lr"]) for r in metrics(out)]
+    reference = [(r["loss"], r["lr"]) for r in metrics(runs[method])]
+    assert resumed == reference  # bit for bit, at the warm-up's rate where the kill fell inside it
     state = torch.load(out / "checkpoints" / "step-00000016" / "trainer_state.pt", weights_only=True)
     assert state["step"] == 16 and state["stream"]["pos"] > 0
 

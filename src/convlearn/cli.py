@@ -195,6 +195,17 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"convlearn: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only or unwritable place: one line naming the path and the cause
+        if e.errno is None:
+            raise
+        import errno
+        where = f"{e.filename}: " if e.filename else ""
+        hint = ("; the checkpoints written before are intact: fix it and `--resume` continues exactly"
+                if args.command == "train" else "")
+        print(f"convlearn: error: {where}{e.strerror} ({errno.errorcode.get(e.errno, e.errno)}){hint}",
+              file=sys.stderr)
+        return 2 if e.errno in (errno.EACCES, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR,
+                                errno.EPERM, errno.ENOENT) else 1
     except KeyboardInterrupt:
         print("convlearn: interrupted", file=sys.stderr)
         return 130

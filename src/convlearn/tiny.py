@@ -90,6 +90,10 @@ SPECIALS = {
               "unk_token": "<unk>"}),
 }
 
+# Phi-3's tokenizer marks its role and turn-end tokens rstrip: `<|end|>\n` is one token, and `<|assistant|>`
+# swallows the whitespace that starts the content after it.
+PHI3_RSTRIP = ("<|assistant|>", "<|user|>", "<|end|>", "<|system|>")
+
 # Tiny shapes of the real architectures: hidden 128, 4 layers, 4 heads, 2 kv heads, ffn 512.
 _TINY = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=4096)
@@ -126,7 +130,7 @@ def train_tokenizer(arch: str, texts: list[str], vocab_size: int = 4096):
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=True)
         trainer = trainers.BpeTrainer(vocab_size=vocab_size - 256, special_tokens=specials, show_progress=False)
         tok.train_from_iterator(texts, trainer)
-        tok = _with_byte_fallback(tok)
+        tok = _with_byte_fallback(tok, rstrip=PHI3_RSTRIP if arch == "phi3" else ())
         tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
                                         + ([decoders.Strip(" ", 1, 0)] if scheme == "first" else []))
     bos = roles.get("bos_token")
@@ -136,9 +140,12 @@ def train_tokenizer(arch: str, texts: list[str], vocab_size: int = 4096):
     return tok
 
 
-def _with_byte_fallback(tok):
-    """Add the 256 `<0xXX>` byte tokens to the BPE vocab and switch byte fallback on, as SentencePiece has."""
+def _with_byte_fallback(tok, rstrip: tuple[str, ...] = ()):
+    """Add the 256 `<0xXX>` byte tokens to the BPE vocab and switch byte fallback on, as SentencePiece has; the
+    special tokens named in `rstrip` swallow the whitespace after them, as Phi-3's role tokens do."""
     data = json.loads(tok.to_str())
+    for added in data["added_tokens"]:
+        added["rstrip"] = added["content"] in rstrip
     vocab = data["model"]["vocab"]
     next_id = max(list(vocab.values()) + [t["id"] for t in data["added_tokens"]]) + 1
     for b in range(256):

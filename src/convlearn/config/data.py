@@ -61,6 +61,9 @@ class DataConfig:
                                    "(LMSYS `openai_moderation`).")
     min_chars: int = opt(1, "Drop conversations with fewer characters of message text.", ge=0)
     max_chars: Optional[int] = opt(None, "Drop conversations with more characters; null = no limit.", ge=1)
+    max_message_chars: int = opt(200_000, "Skip a conversation with a message (or a document) longer than this, "
+                                          "before tokenizing (`message_too_long`): a 50 MB line would take minutes "
+                                          "and gigabytes to tokenize.", ge=1)
     dedup: bool = opt(True, "Drop exact duplicates (same roles and text after whitespace/case folding).")
     scrub: bool = opt(True, "Replace e-mail addresses, phone numbers, API keys/tokens and IP addresses with "
                             "typed placeholders like <EMAIL> before training.")

@@ -84,9 +84,28 @@ def _not_after(chars: str):
 
 
 def _ip_address(m: re.Match, text: str) -> bool:
-    if m.group(0).count(".") == 3 and any(int(x) > 255 for x in m.group(0).split(".")):
+    quad = m.group(0).rsplit(":", 1)[-1]
+    if quad.count(".") == 3 and any(int(x) > 255 for x in quad.split(".")):
         return False
-    return _not_after("0123456789.:abcdefABCDEF_")(m, text)
+    return _not_after("0123456789.:abcdefABCDEF_[")(m, text)  # `[` : a Python slice `a[::1]`
+
+
+def _luhn(m: re.Match, text: str) -> bool:
+    """A card number: 13-19 digits whose Luhn checksum holds (and not part of a longer number)."""
+    digits = [int(c) for c in m.group(0) if c.isdigit()]
+    if not 13 <= len(digits) <= 19 or not _not_after(_WORD)(m, text):
+        return False
+    total = sum(d if i % 2 == 0 else (d * 2 - 9 if d > 4 else d * 2) for i, d in enumerate(reversed(digits)))
+    return total % 10 == 0
+
+
+def _iban(m: re.Match, text: str) -> bool:
+    """An IBAN: country code, check digits and account, whose mod-97 check holds."""
+    s = m.group(0).replace(" ", "")
+    if not 15 <= len(s) <= 34:
+        return False
+    moved = s[4:] + s[:4]
+    return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
 
 
 _WORD = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"
@@ -99,16 +118,29 @@ _SCRUB_PATTERNS: list[tuple[str, str, tuple[str, ...], re.Pattern, object]] = [
     ("token", "<TOKEN>", ("eyJ", "earer "),
      re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
                 r"|(?<=[Bb]earer )[A-Za-z0-9._~+/-]{20,}=*"), None),
+    ("private_key", "<PRIVATE_KEY>", ("PRIVATE KEY",),
+     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"), None),
+    ("aws_secret", "<AWS_SECRET>", ("ecret", "ECRET"),
+     re.compile(r"(?i:aws_?secret_?access_?key|aws_?secret_?key|secret_?access_?key)[\"']?\s*[:=]\s*[\"']?"
+                r"(?P<secret>[A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])"), None),
     ("email", "<EMAIL>", ("@",),
      re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"), None),
+    ("credit_card", "<CREDIT_CARD>", tuple("0123456789"),
+     re.compile(r"\d(?:[ -]?\d){12,18}(?![\d])"), _luhn),
+    ("iban", "<IBAN>", tuple("0123456789"),
+     re.compile(r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9])"), _iban),
+    ("ssn", "<SSN>", ("-",),
+     re.compile(r"(?!000|666|9)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"), _not_after(_WORD + "-")),
     ("ip_address", "<IP_ADDRESS>", (".", ":"),
      re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\d.])"
                 r"|[0-9A-Fa-f]{1,4}:(?:[0-9A-Fa-f]{1,4}:){6}[0-9A-Fa-f]{1,4}(?![\w:])"
                 r"|[0-9A-Fa-f]{1,4}:(?:[0-9A-Fa-f]{1,4}:){0,5}:(?:[0-9A-Fa-f]{1,4}:){0,5}[0-9A-Fa-f]{1,4}"
-                r"(?![\w:])"), _ip_address),
+                r"(?![\w:])|::1(?![\w:.])|::ffff:\d{1,3}(?:\.\d{1,3}){3}(?![\d.])"), _ip_address),
     ("phone", "<PHONE>", tuple("0123456789"),
      re.compile(r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,3}(?!\w)"
-                r"|(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]\d{4}(?!\w)"), _not_after(_WORD + "+(")),
+                r"|(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]\d{4}(?!\w)"
+                r"|0\d{2,4}[ -]\d{3,4}[ -]\d{3,4}(?![\w-])"            # UK style: 020 7946 0958
+                r"|[2-9]\d{2}[2-9]\d{6}(?!\w)"), _not_after(_WORD + "+(-.")),  # US digits only: 4155552671
 ]
 
 
@@ -124,6 +156,8 @@ def scrub_text(text: str, counts: Counter) -> str:
             if valid is not None and not valid(m, text):
                 return m.group(0)
             n += 1
+            if "secret" in m.groupdict():  # keep the label, replace the value
+                return m.group(0)[:m.start("secret") - m.start()] + placeholder
             return placeholder
         text = pattern.sub(replace, text)
         if n:

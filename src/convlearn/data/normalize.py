@@ -25,6 +25,21 @@ def map_role(raw: object) -> str:
     return role
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str, edits: Counter) -> str:
+    """Text every later stage can encode: lone surrogates (a JSON `\\ud800` escape with no pair; UTF-8 cannot
+    hold them, tokenizers refuse them) become U+FFFD, counted as an edit."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        fixed, n = _SURROGATE.subn("\ufffd", text)
+        edits["lone_surrogate_replaced"] += n
+        return fixed
+
+
 def normalize_messages(pairs: list[tuple[str, str]], edits: Counter) -> list[Message]:
     """Apply the shared rules to (role, text) pairs whose roles are already mapped.
 
@@ -38,7 +53,7 @@ def normalize_messages(pairs: list[tuple[str, str]], edits: Counter) -> list[Mes
     for role, text in pairs:
         if not isinstance(text, str):
             raise Skip("wrong_type", f"message text is {type(text).__name__}")
-        text = text.strip()
+        text = clean_text(text, changes).strip()
         if not text:
             changes["empty_message_dropped"] += 1
             continue

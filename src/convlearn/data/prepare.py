@@ -28,17 +28,21 @@ from .render import ChatRenderer, Sample, pack
 from .stream import iter_records, prefetch_batches
 from .topics import TopicLabeler, first_user_turn, labeler_cache_path
 
-CACHE_VERSION = 1  # bump when normalization or rendering changes what a cache holds
+CACHE_VERSION = 2  # bump when normalization or rendering changes what a cache holds
 
 SAMPLE_SCHEMA = pa.schema([
     ("input_ids", pa.list_(pa.int32())), ("token_mask", pa.list_(pa.int8())),
     ("assistant_mask", pa.list_(pa.int8())), ("token_bytes", pa.list_(pa.int32())),
     ("conversation_id", pa.string()), ("source", pa.string()), ("domain", pa.string()),
     ("language", pa.string()), ("window", pa.int32())])
+# A packed row keeps what its samples had, per segment; `domain` (its first segment's) lets the stream order and
+# group packed rows as it does unpacked ones.
 PACKED_SCHEMA = pa.schema([
     ("input_ids", pa.list_(pa.int32())), ("token_mask", pa.list_(pa.int8())),
     ("assistant_mask", pa.list_(pa.int8())), ("token_bytes", pa.list_(pa.int32())),
-    ("lengths", pa.list_(pa.int32())), ("conversation_ids", pa.list_(pa.string()))])
+    ("lengths", pa.list_(pa.int32())), ("conversation_ids", pa.list_(pa.string())),
+    ("domain", pa.string()), ("domains", pa.list_(pa.string())), ("sources", pa.list_(pa.string())),
+    ("languages", pa.list_(pa.string())), ("windows", pa.list_(pa.int32()))])
 
 
 @dataclass

@@ -10,6 +10,12 @@ ROLES = ("system", "user", "assistant")
 # Why a raw record was not kept. Every skip carries one of these names (and is counted under it).
 SKIP_REASONS = {
     "invalid_json": "the line or file is not valid JSON",
+    "truncated": "the file ends inside a record (a download cut short, a cut .gz): every complete record is kept",
+    "too_deep": "a record nested deeper than the readers' limit (data/readers.py MAX_DEPTH)",
+    "csv_quote": "a CSV record whose quote is never closed (reading resumes at its next line)",
+    "cycle": "OpenAssistant messages whose parents form a loop (no root to reach them from)",
+    "duplicate_id": "an OpenAssistant message_id used again in the same tree",
+    "message_too_long": "a message longer than data.max_message_chars (checked before tokenizing)",
     "invalid_yaml": "the chatterbot YAML file cannot be parsed",
     "not_an_object": "the record is not a JSON object / mapping",
     "missing_field": "a field the format needs is absent",

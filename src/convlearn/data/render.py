@@ -3,7 +3,15 @@
 Masks never depend on `{% generation %}` markers (the official templates lack them). Instead each message's
 content is rendered as a unique placeholder, so one template call tells exactly where every message (and the
 special token that closes its turn) sits in the rendered text; the text is then tokenized once, and a token
-belongs to a message if its bytes overlap the message's span (positions from `tokens.TokenEncoder`).
+belongs to a message if it *starts* inside the message's span (positions from `tokens.TokenEncoder`): a token
+that straddles the header and the content (Qwen's `\n` + a content newline, a SentencePiece `model\n` + the
+first letter, Phi-3's `<|assistant|>` swallowing the content's leading whitespace) belongs to the header.
+
+Templates that `| trim` message content (Llama-3, Gemma-2) are detected per role, and the renderer trims exactly
+there; a message left empty is rendered as the template renders an empty message (Phi-3.5 drops an empty system
+message). Every rendering is checked against the template rendering the real messages (the compiled template
+apply_chat_template uses; one extra render, cheap enough for every conversation): a template that changes text
+any other way is refused rather than masked wrongly.
 
 Each sample carries two masks, independent of the loss mode:
 - `token_mask`: the tokens this sample trains/evaluates in `loss: all` mode (the whole text; in a continuation
@@ -76,7 +84,7 @@ class ChatRenderer:
 
     def __init__(self, tokenizer, max_seq_len: int, *, system_role: bool | None = None,
                  template_kwargs: dict | None = None, system_prompt: str | None = None,
-                 window_context_fraction: float = 0.5, verify_first: int = 3):
+                 window_context_fraction: float = 0.5):
         self.tok = tokenizer
         self.max_seq_len = max_seq_len
         self.template_kwargs = dict(template_kwargs or {})
@@ -87,8 +95,8 @@ class ChatRenderer:
         self.specials = sorted(specials, key=len, reverse=True)
         self.encoder = TokenEncoder(tokenizer)
         self._template = _compiled_template(tokenizer)
-        self._verify_left = verify_first
         self.stats = RenderStats()
+        self.trimmed_roles = self._trimmed_roles()
 
     # -- messages and text ------------------------------------------------------------------------------
     def _template_takes_system(self) -> bool:
@@ -111,6 +119,22 @@ class ChatRenderer:
                                      add_generation_prompt=add_generation_prompt,
                                      **self.tok.special_tokens_map, **self.template_kwargs)
 
+    def _trimmed_roles(self) -> set[str]:
+        """The roles whose content the template strips of surrounding whitespace (`| trim`)."""
+        probes = {"user": [{"role": "user", "content": " \ue0000\ue001 "}],
+                  "assistant": [{"role": "user", "content": "u"}, {"role": "assistant", "content": " \ue0000\ue001 "}]}
+        if self.system_role:
+            probes["system"] = [{"role": "system", "content": " \ue0000\ue001 "}, {"role": "user", "content": "u"}]
+        out = set()
+        for role, msgs in probes.items():
+            try:
+                text = self._render(msgs, False)
+            except Exception:  # a template that refuses the probe (roles must alternate ...): assume no trimming
+                continue
+            if "\ue0000\ue001" in text and " \ue0000\ue001 " not in text:
+                out.add(role)
+        return out
+
     def messages(self, conv: Conversation) -> list[dict]:
         """The conversation as template messages: system prompt added if configured, and folded into the first
         user message for templates without a system role."""
@@ -131,38 +155,46 @@ class ChatRenderer:
         return self._apply(msgs, True)
 
     def render_text(self, msgs: list[dict], add_generation_prompt: bool = False) -> Rendered:
-        ph = [{"role": m["role"], "content": f"\ue000{i}\ue001"} for i, m in enumerate(msgs)]
+        # content as the template will show it: trimmed where it trims; an empty message is passed as it is
+        contents = [m["content"].strip() if m["role"] in self.trimmed_roles else m["content"] for m in msgs]
+        located = [i for i, c in enumerate(contents) if c]
+        ph = [{"role": m["role"], "content": f"\ue000{i}\ue001" if contents[i] else m["content"]}
+              for i, m in enumerate(msgs)]
         out = self._render(ph, add_generation_prompt)
         pieces = _PLACEHOLDER.split(out)
         order = [int(i) for i in pieces[1::2]]
-        if order != list(range(len(msgs))):
+        if order != located:
             raise UserError("the chat template drops, repeats or reorders messages; convlearn cannot locate "
                             f"them (rendered order {order} for {len(msgs)} messages)")
         text_parts: list[str] = []
         pos = 0
-        spans = []
-        turn_start = 0
+        spans: dict[int, tuple] = {}
+        turn_start, previous = 0, None
         for k, scaffold in enumerate(pieces[0::2]):
             text_parts.append(scaffold)
             pos += len(scaffold)
-            if k > 0:  # close the previous message's span with the special token that ends its turn
-                start, c0, c1 = spans[-1]
+            if previous is not None:  # close the previous message's span with the special token ending its turn
+                start, c0, c1 = spans[previous]
                 end = c1 + next((len(s) for s in self.specials if scaffold.startswith(s)), 0)
-                spans[-1] = (start, c0, c1, end)
+                spans[previous] = (start, c0, c1, end)
                 turn_start = end
-            if k < len(msgs):
-                content = msgs[k]["content"]
-                spans.append((turn_start, pos, pos + len(content)))
-                text_parts.append(content)
-                pos += len(content)
+            if k < len(located):
+                i = located[k]
+                spans[i] = (turn_start, pos, pos + len(contents[i]))
+                text_parts.append(contents[i])
+                pos += len(contents[i])
+                previous = i
         text = "".join(text_parts)
-        if self._verify_left > 0:
-            self._verify_left -= 1
-            direct = self._apply(msgs, add_generation_prompt)
-            if direct != text:
-                raise UserError("the chat template changes message text (beyond trimming whitespace), so "
-                                "masks cannot be placed exactly; strip or pre-process the messages first")
-        return Rendered(text, spans, [m["role"] for m in msgs])
+        # empty messages have no text to mask: a zero-width span where the next located one's turn begins
+        full, nxt = [], len(text)
+        for i in reversed(range(len(msgs))):
+            full.append(spans[i] if i in spans else (nxt, nxt, nxt, nxt))
+            nxt = full[-1][0]
+        spans_list = full[::-1]
+        if self._render([{**m, "content": c} for m, c in zip(msgs, contents)], add_generation_prompt) != text:
+            raise UserError("the chat template changes message text (other than trimming it), so masks cannot be "
+                            "placed exactly; pre-process the messages the way the template does")
+        return Rendered(text, spans_list, [m["role"] for m in msgs])
 
     # -- tokens and masks --------------------------------------------------------------------------------
     def _sample(self, conv: Conversation, r: Rendered, enc: Encoded, first_new: int, window: int) -> Sample:
@@ -268,5 +300,7 @@ def pack(samples: list[Sample], max_seq_len: int) -> list[dict]:
         used += len(s.input_ids)
     return [{**{key: np.concatenate([getattr(s, key) for s in g])
                 for key in ("input_ids", "token_mask", "assistant_mask", "token_bytes")},
-             "lengths": [len(s.input_ids) for s in g], "conversation_ids": [s.conversation_id for s in g]}
+             "lengths": [len(s.input_ids) for s in g], "conversation_ids": [s.conversation_id for s in g],
+             "domain": g[0].domain, "domains": [s.domain for s in g], "sources": [s.source for s in g],
+             "languages": [s.language for s in g], "windows": [s.window for s in g]}
             for g in groups]

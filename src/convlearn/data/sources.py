@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 
 from ..errors import UserError
-from .normalize import html_to_text, looks_like_html, make_conversation, map_role
+from .normalize import clean_text, html_to_text, looks_like_html, make_conversation, map_role
 from .oasst import oasst_conversations
 from .records import Conversation, Document, Skip
 
@@ -107,7 +107,7 @@ def _sharegpt(row: dict, index: int, source: str, edits: Counter) -> Conversatio
 
 
 def _text(row: dict, index: int, source: str, edits: Counter) -> Document:
-    text = _field(row, "text", str)
+    text = clean_text(_field(row, "text", str), edits)
     if not text.strip():
         raise Skip("empty")
     meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}

@@ -33,9 +33,10 @@ class Keyed:
     heldout: bool
 
 
-def read_source(src, stats: DataStats, record_filter: RecordFilter | None, do_scrub: bool
-                ) -> Iterator[Conversation | Document]:
-    """Records of one SourceConfig, in source order. Skips are counted in `stats`, never raised."""
+def read_source(src, stats: DataStats, record_filter: RecordFilter | None, do_scrub: bool,
+                max_chars: int = 200_000) -> Iterator[Conversation | Document]:
+    """Records of one SourceConfig, in source order. Skips are counted in `stats`, never raised. A record with
+    a message (or a document) longer than `max_chars` is skipped as `message_too_long`."""
     rows = read_rows(src.path, src.split, src.subset, src.limit)
     fmt = src.format
     if fmt == "auto":
@@ -56,6 +57,10 @@ def read_source(src, stats: DataStats, record_filter: RecordFilter | None, do_sc
         if isinstance(item, Skip):
             stats.skip(item.reason)
             continue
+        texts = [item.text] if isinstance(item, Document) else [m.content for m in item.messages]
+        if max(map(len, texts)) > max_chars:  # before anything costly: a 50 MB line would take minutes to tokenize
+            stats.skip("message_too_long")
+            continue
         if src.domain:
             item.domain = src.domain
         elif item.domain is None:
@@ -68,7 +73,7 @@ def read_source(src, stats: DataStats, record_filter: RecordFilter | None, do_sc
             except Skip as s:
                 stats.skip(s.reason)
                 continue
-        for text in ([item.text] if isinstance(item, Document) else [m.content for m in item.messages]):
+        for text in texts:
             count_placeholders(text, stats.placeholders)
         if do_scrub:
             scrub(item, stats.scrubbed)
@@ -81,7 +86,7 @@ def iter_records(data_cfg, stats: DataStats) -> Iterator[Keyed]:
     record_filter = RecordFilter(data_cfg)
     kept_train = 0
     for src in data_cfg.sources:
-        for rec in read_source(src, stats, record_filter, data_cfg.scrub):
+        for rec in read_source(src, stats, record_filter, data_cfg.scrub, data_cfg.max_message_chars):
             heldout = is_heldout(split_key(rec), data_cfg.heldout_fraction)
             if not heldout and data_cfg.max_conversations is not None \
                     and kept_train >= data_cfg.max_conversations:

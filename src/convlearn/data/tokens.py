@@ -42,6 +42,12 @@ class TokenEncoder:
         normalizer = (spec.get("normalizer") or {}).get("type")
         self.needs_nfc_check = normalizer == "NFC"
         self.table_usable = self.lengths is not None and normalizer in (None, "NFC")
+        # special tokens that swallow the whitespace after them (Phi-3's role tokens): their length is found
+        # from the text, a few per conversation
+        self.rstrip = np.zeros(len(self.lengths) if self.lengths is not None else 0, dtype=bool)
+        for i, t in tokenizer.added_tokens_decoder.items():
+            if t.rstrip and i < len(self.rstrip):
+                self.rstrip[i] = True
         self.fallbacks = 0  # texts that took the offsets path
 
     @staticmethod
@@ -74,7 +80,20 @@ class TokenEncoder:
         if self.table_usable and (not self.needs_nfc_check or text.isascii()
                                   or unicodedata.is_normalized("NFC", text)):
             nbytes = self.lengths[ids]
-            if int(nbytes.sum()) == len(text.encode("utf-8", "surrogatepass")):
+            data = text.encode("utf-8", "surrogatepass")
+            swallowing = np.nonzero(self.rstrip[ids])[0] if self.rstrip.any() else ()
+            if len(swallowing):
+                nbytes = nbytes.copy()
+                starts = np.concatenate([[0], np.cumsum(nbytes[:-1], dtype=np.int64)])
+                extra = 0
+                for k in swallowing:
+                    end = int(starts[k]) + extra + int(nbytes[k])
+                    grown = end
+                    while grown < len(data) and data[grown] in b" \t\n\r\x0b\x0c":
+                        grown += 1
+                    nbytes[k] += grown - end
+                    extra += grown - end
+            if int(nbytes.sum()) == len(data):
                 end = np.cumsum(nbytes, dtype=np.int64)
                 return Encoded(ids, end - nbytes, end, nbytes)
         self.fallbacks += 1
@@ -92,13 +111,15 @@ class TokenEncoder:
 
 
 def span_mask(enc: Encoded, spans: list[tuple[int, int]]) -> np.ndarray:
-    """1 for tokens whose bytes overlap one of the (sorted, disjoint) byte spans."""
+    """1 for tokens that start inside one of the (sorted, disjoint) byte spans. A token that straddles a span's
+    start (header text merged with the first content bytes) belongs to what comes before."""
     mask = np.zeros(len(enc.ids), dtype=np.int8)
+    spans = [(s, e) for s, e in spans if e > s]
     if not spans or not len(enc.ids):
         return mask
     starts = np.array([s for s, _ in spans])
     ends = np.array([e for _, e in spans])
-    j = np.searchsorted(starts, enc.end, side="left") - 1
+    j = np.searchsorted(starts, enc.start, side="right") - 1
     ok = j >= 0
-    mask[ok] = (ends[j[ok]] > enc.start[ok]) & (enc.end[ok] > enc.start[ok])
+    mask[ok] = (enc.start[ok] < ends[j[ok]]) & (enc.end[ok] > enc.start[ok])
     return mask

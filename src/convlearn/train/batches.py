@@ -94,7 +94,9 @@ class BatchStream:
                 masks.append(row[self.mask])
         batch = collate(ids, masks, self.pad_id, [i for _, i in mine])
         batch["kinds"] = [kind for kind, _ in mine]
-        batch["domains"] = [self.ds[i]["domain"] for kind, i in mine if kind == "new"]
+        packed = "domains" in self.ds.column_names
+        batch["domains"] = [d for kind, i in mine if kind == "new"
+                            for d in (self.ds[i]["domains"] if packed else [self.ds[i]["domain"]])]
         return batch
 
 

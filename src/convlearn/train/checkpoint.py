@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -80,9 +81,19 @@ class Checkpointer:
             shutil.rmtree(stale, ignore_errors=True)
         final = checkpoint_path(self.out, step)
         tmp = root / f".tmp-{final.name}-{os.getpid()}"
-        trainable.method.save(trainable, tmp / MODEL_DIR)
-        torch.save({**trainer_state, "optimizer": trainable.optimizer.state_dict(), "rng": rng_state(),
-                    "step": step}, tmp / STATE_FILE)
+        try:
+            trainable.method.save(trainable, tmp / MODEL_DIR)
+        except OSError:
+            raise
+        except Exception as e:  # safetensors reports a failed write as its own error: give it its errno back
+            found = re.search(r"os error (\d+)", str(e))
+            if found is None:
+                raise
+            n = int(found.group(1))
+            raise OSError(n, os.strerror(n), str(tmp / MODEL_DIR)) from None
+        with open(tmp / STATE_FILE, "wb") as fh:  # through a Python file: a failed write raises with its errno
+            torch.save({**trainer_state, "optimizer": trainable.optimizer.state_dict(), "rng": rng_state(),
+                        "step": step}, fh)
         (tmp / MARKER).write_text(json.dumps({"step": step, "method": trainable.name, "files": manifest(tmp)}))
         if final.exists():
             shutil.rmtree(final)
