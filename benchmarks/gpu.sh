@@ -27,18 +27,19 @@ if [ -d "$wheels" ] && ls "$wheels"/*.whl >/dev/null 2>&1 && [ -z "${DRY_RUN:-}"
 fi
 big=Qwen/Qwen2.5-1.5B-Instruct
 if [ -n "${DRY_RUN:-}" ]; then
-  mem=(--device cpu --dtype float32 --tiny --batch 1 --seq 16 --steps 2)
-  ckpt=(--device cpu --dtype float32 --tiny --batch 1 --seq 32 --steps 2 --checkpointing)
-  speed=(--device cpu --dtype float32 --tiny --batch 1 --seq 16 --reps 1 --steps 1 --refresh randomized warm)
+  mem=(--device cpu --precision fp32 --tiny --batch 1 --seq 16 --steps 2)
+  ckpt=(--device cpu --precision fp32 --tiny --batch 1 --seq 32 --steps 2 --checkpointing)
+  speed=(--device cpu --precision fp32 --tiny --batch 1 --seq 16 --rounds 5 --steps 2 --refresh randomized warm)
   shapes=(Qwen/Qwen2.5-0.5B-Instruct)
   big=Qwen/Qwen2.5-0.5B-Instruct
   limits=(120 120 120 120 120)
 else
   mem=(--batch 4 --seq 1024 --steps 4 --budget 60)
-  ckpt=(--batch 1 --seq 2048 --steps 4 --budget 60 --checkpointing --methods adamw "lora r=64" "galore r=128"
+  ckpt=(--batch 1 --seq 2048 --steps 4 --budget 60 --checkpointing --methods adamw "adamw layer-wise" "lora r=64"
+        "galore r=128"
         "galore r=128 layer-wise" "layer-wise r=128 + embeddings projected" "layer-wise r=128 + embeddings frozen"
         "layer-wise r=128 + embeddings frozen + chunked loss" "galore8bit r=128")
-  speed=(--device cuda --dtype bfloat16 --batch 4 --seq 1024 --reps 2 --steps 3 --refresh randomized warm)
+  speed=(--device cuda --precision bf16-mixed --batch 4 --seq 1024 --rounds 5 --steps 2 --refresh randomized warm)
   shapes=(Qwen/Qwen2.5-0.5B-Instruct "$big")
   limits=(80 100 80 120 150)  # seconds; measured on an H200: 48, 60, 54, >80 (speed), ~110 (accum 4)
 fi

@@ -3,8 +3,10 @@
     python benchmarks/gpu_bench.py --shape Qwen/Qwen2.5-1.5B-Instruct [--batch 4] [--seq 1024] [--steps 5]
                                    [--json FILE] [--device cuda]
 
-Per method, one after another in this process: the model is built on the device in bf16 from the registry's
-architecture facts, the method from the same config overrides the memory table uses, then one warm-up step
+Per method, one after another in this process: the model is built on the device from the registry's
+architecture facts in the precision trained with (`--precision bf16-mixed`, the default: fp32 master weights,
+gradients and state, bf16 compute under autocast; `bf16`: pure bf16 with stochastically rounded updates; `fp32`
+for the CPU dry run), the method from the same config overrides the memory table uses, then one warm-up step
 (state allocated, first projector) and `--steps` timed steps exactly as the training loop runs them. Printed:
 peak `torch.cuda.max_memory_allocated` (all of it: weights, gradients, state, activations, workspace), the
 counted training state (train/memory.py) beside it, median step time, tokens/s and MFU (model FLOPs, 6 per
@@ -31,6 +33,7 @@ from convlearn.train.memory import LEVERS, STANDARD_METHODS
 # activation checkpointing and the chunked loss; galore8bit last: its library refreshes by full SVD (slow).
 ROWS = {
     "adamw": STANDARD_METHODS["adamw"],
+    "adamw layer-wise": STANDARD_METHODS["adamw layer-wise"],
     "adamw + activation checkpointing": STANDARD_METHODS["adamw"] + ["train.activation_checkpointing=true"],
     **{k: STANDARD_METHODS[k] for k in ("lora r=64", "galore r=256", "galore r=128", "galore r=128 layer-wise")},
     **{k: LEVERS[k] for k in ("layer-wise r=128 + embeddings projected", "layer-wise r=128 + embeddings frozen")},
@@ -79,17 +82,22 @@ def measure_method(label: str, overrides: list[str], args, dtype, batches) -> di
     from convlearn.train.methods import count_memory
     from convlearn.train.methods import build_method
     extra = ["train.activation_checkpointing=true"] if args.checkpointing else []
-    cfg = load_config(None, overrides + extra + ["train.lr=1e-5", "method.refresh=randomized"])
+    cfg = load_config(None, overrides + extra + ["train.lr=1e-5", f"train.precision={args.precision}"])
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     model, spec = build(args.shape, dtype, args.device, args.tiny)
     weights_alloc = allocated(args.device)
     targets = cfg.method.target_modules or list(spec.facts.target_modules)
-    counted = count_memory(model, cfg.method, targets).as_dict()
+    counted = count_memory(model, cfg.method, targets, args.precision).as_dict()
     if cfg.train.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     method = build_method(model, cfg, spec, "cuda" if args.device.startswith("cuda") else "cpu")
+    if args.precision == "bf16-mixed":
+        from convlearn.train.precision import frozen_to_bf16
+        frozen_to_bf16(method.model)
+    autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16) \
+        if args.precision == "bf16-mixed" else None
     method.model.train()
     times = []
     for i, batch in enumerate(batches):
@@ -97,11 +105,13 @@ def measure_method(label: str, overrides: list[str], args, dtype, batches) -> di
         t0 = time.perf_counter()
         if method.layerwise is not None:
             method.layerwise.begin_step(1)
-        s, n = token_losses(method.model, batch, chunk_tokens=cfg.train.loss_chunk_tokens)
+        s, n = token_losses(method.model, batch, autocast, chunk_tokens=cfg.train.loss_chunk_tokens)
         (s / n).backward()
         if method.layerwise is None:
             torch.nn.utils.clip_grad_norm_(method.trainable, 1.0)
             method.optimizer.step()
+        else:
+            method.layerwise.finish_step()
         method.optimizer.zero_grad(set_to_none=True)
         sync(args.device)
         if i > 0:
@@ -145,7 +155,7 @@ def refresh_times(args, dtype) -> dict:
     from convlearn.train.galore import compute_projector, projection_side
     from convlearn.train.params import galore_parameters
     model, spec = build(args.shape, dtype, args.device, args.tiny)
-    projected, _, _ = galore_parameters(model, list(spec.facts.target_modules))
+    projected, _, _ = galore_parameters(model, list(spec.facts.target_modules), rank=128)
     shapes = Counter(tuple(p.shape) for p in projected)
     del model, projected
     out: dict = {"shapes": {f"{m}x{n}": c for (m, n), c in shapes.items()}}
@@ -172,13 +182,15 @@ def main(argv=None) -> None:
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--precision", default="bf16-mixed", choices=["bf16-mixed", "bf16", "fp32"],
+                    help="train.precision: the weights' dtype follows (fp32 masters for bf16-mixed)")
     ap.add_argument("--tiny", action="store_true", help="dry run: toy sizes of the family's architecture")
     ap.add_argument("--methods", nargs="*", help=f"a subset of: {', '.join(ROWS)}")
     ap.add_argument("--json")
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing for every method")
     ap.add_argument("--budget", type=float, default=1e9, help="seconds; methods not started by then are skipped")
     args = ap.parse_args(argv)
+    args.dtype = "bfloat16" if args.precision == "bf16" else "float32"
     dtype = getattr(torch, args.dtype)
     card, peak = card_peak(args.device)
     vocab = build(args.shape, dtype, "meta", args.tiny)[0].config.vocab_size
@@ -190,7 +202,7 @@ def main(argv=None) -> None:
                         "loss_mask": torch.ones_like(ids).bool()})
     res = {"shape": args.shape, "card": card, "peak_flops": peak, "batch": args.batch, "seq": args.seq,
            "checkpointing": args.checkpointing,
-           "dtype": args.dtype, "torch": torch.__version__, "methods": {}}
+           "dtype": args.dtype, "precision": args.precision, "torch": torch.__version__, "methods": {}}
     rows = {k: ROWS[k] for k in args.methods} if args.methods else ROWS
     started = time.perf_counter()
     res["activations"] = activations(args, dtype, batches[0])
@@ -214,7 +226,8 @@ def render(res: dict) -> str:
     gb = 1e9
     ok = {k: v for k, v in res["methods"].items() if "error" not in v}
     base = ok.get("adamw")
-    lines = [f"{res['shape']} ({res['card']}, torch {res['torch']}), {res['dtype']}, batch {res['batch']} x "
+    lines = [f"{res['shape']} ({res['card']}, torch {res['torch']}), {res.get('precision', res['dtype'])}, batch "
+             f"{res['batch']} x "
              f"{res['seq']}{', activation checkpointing for all' if res.get('checkpointing') else ''}\n",
              "| method | peak allocated GB | vs adamw | counted weights+grads+state GB | vs adamw | s/step | "
              "tokens/s | speed vs adamw | MFU |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -63,6 +63,7 @@ def worker(name: str, steps: int, batch: int, seq: int) -> dict:
             torch.nn.utils.clip_grad_norm_(method.trainable, 1.0)
             method.optimizer.step()
         else:
+            method.layerwise.finish_step()
             grad_peak = max(grad_peak, method.layerwise.grad_bytes_peak)
         method.optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)

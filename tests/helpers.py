@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
@@ -39,15 +42,33 @@ def _merge(base, over):
 
 
 def cli(*args, timeout: float | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real CLI in a fresh interpreter (what a user runs; needed where a run is killed or limited)."""
     return subprocess.run([sys.executable, "-m", "convlearn", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 
-def train(cfg, out, *sets, wait: bool = True):
-    """`convlearn train CFG --out OUT`; each of `sets` is `key=value` (an override) or a `--flag`."""
-    args = [sys.executable, "-m", "convlearn", "train", str(cfg), "--out", str(out)]
+def cli_here(*args) -> SimpleNamespace:
+    """The real CLI (parsing, dispatch, exit codes, one-line errors) in this process: the same code without an
+    interpreter's start-up (seconds a run). Internal errors propagate as exceptions."""
+    from convlearn.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:
+            rc = e.code
+    return SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+def train(cfg, out, *sets, wait: bool = True, fresh: bool = True):
+    """`convlearn train CFG --out OUT`; each of `sets` is `key=value` (an override) or a `--flag`. `fresh`: in a
+    new interpreter (what exact-loss comparisons across processes need); else in this one."""
+    args = ["train", str(cfg), "--out", str(out)]
     for s in sets:
         args += [s] if s.startswith("--") else ["--set", s]
+    if not fresh:
+        return cli_here(*args)
+    args = [sys.executable, "-m", "convlearn", *args]
     if not wait:
         return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(args, capture_output=True, text=True)

@@ -44,6 +44,7 @@ def test_inspect_exit_2_when_unreadable_or_undeterminable(tmp_path):
 
 @pytest.mark.slow
 def test_prepare_caches_by_data_tokenizer_and_rendering(tmp_path, tiny_models):
+    from helpers import cli_here as cli
     data = F.write_jsonl(tmp_path / "lmsys.jsonl", F.lmsys_rows())
     base = ["--quiet", "--set", f"model.name={tiny_models['llama']}", "--set", f"data.cache_dir={tmp_path}/cache",
             "--set", f"data.sources=[{{path: {data}}}, {{path: chatterbot}}]", "--set", "data.heldout_fraction=0.2",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import datafiles as F
-from helpers import cli, run_config
+from helpers import cli_here as cli, run_config
 from convlearn.config import load_config
 from convlearn.data.prepare import prepare
 from convlearn.eval.forgetting import analyze

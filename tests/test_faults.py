@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from helpers import cli, metrics, run_config, train
+from helpers import cli, cli_here, metrics, run_config, train
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_a_full_disk_mid_checkpoint_is_one_line_and_resume_is_exact(reference):
 def test_unwritable_output_is_one_line(tmp_path, tiny_models):
     (tmp_path / "a-file").write_text("not a directory")
     cfg = run_config(tmp_path / "run.yaml", tiny_models["qwen2"], tmp_path / "cache")
-    res = train(cfg, tmp_path / "a-file" / "run")
+    res = train(cfg, tmp_path / "a-file" / "run", fresh=False)
     assert res.returncode == 2 and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert "a-file" in res.stderr and "ENOTDIR" in res.stderr
 
@@ -133,13 +133,13 @@ def test_unwritable_output_is_one_line(tmp_path, tiny_models):
 def test_bad_rates_and_bad_files_are_one_line(tmp_path, tiny_models):
     cfg = run_config(tmp_path / "run.yaml", tiny_models["qwen2"], tmp_path / "cache")
     for value, needle in ((".inf", "train.lr: must be a finite number"), ("1e39", "train.lr: must be <= 1.0")):
-        res = cli("config", "show", cfg, "--set", f"train.lr={value}")
+        res = cli_here("config", "show", cfg, "--set", f"train.lr={value}")
         assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr
     (tmp_path / "empty.yaml").write_text("")
-    res = cli("train", tmp_path / "empty.yaml", "--out", tmp_path / "x")
+    res = cli_here("train", tmp_path / "empty.yaml", "--out", tmp_path / "x")
     assert res.returncode == 2 and "model.name: is required" in res.stderr
     (tmp_path / "latin1.yaml").write_bytes("model: {name: caf\xe9}\n".encode("latin-1"))
-    res = cli("config", "show", tmp_path / "latin1.yaml")
+    res = cli_here("config", "show", tmp_path / "latin1.yaml")
     assert res.returncode == 2 and "not UTF-8" in res.stderr and "Traceback" not in res.stderr
 
 
@@ -148,7 +148,7 @@ def test_empty_data_names_its_sources_and_their_skips(tmp_path, tiny_models):
     data.write_text('{"conversation_id": "a", "conversation": "not a list"}\n{broken\n')
     cfg = run_config(tmp_path / "run.yaml", tiny_models["qwen2"], tmp_path / "cache",
                      data={"sources": [{"path": str(data), "format": "lmsys"}]})
-    res = train(cfg, tmp_path / "run")
+    res = train(cfg, tmp_path / "run", fresh=False)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "no training samples" in res.stderr and "junk.jsonl" in res.stderr
     assert "invalid_json 1" in res.stderr and "wrong_type 1" in res.stderr
@@ -171,8 +171,8 @@ def test_galore_rank_not_below_a_side_trains_that_matrix_full_rank(tmp_path, tin
         t.model(input_ids=ids, labels=ids).loss.backward()
         t.optimizer.step()
     assert state_bytes(tr.optimizer) <= state_bytes(adamw.optimizer)
-    res = cli("train", run_config(tmp_path / "r.yaml", tiny_models["qwen2"], tmp_path / "cache",
-                                  method={"rank": 128}, train={"max_steps": 1}), "--out", tmp_path / "r")
+    res = cli_here("train", run_config(tmp_path / "r.yaml", tiny_models["qwen2"], tmp_path / "cache",
+                                       method={"rank": 128}, train={"max_steps": 1}), "--out", tmp_path / "r")
     assert res.returncode == 0 and "trained full-rank" in res.stderr
 
 
@@ -201,7 +201,7 @@ def test_packed_rows_train_with_every_method(tmp_path, tiny_models, method):
                               "replay.original={path: python-docstrings, format: text, limit: 100}"]}[method]
     cfg = run_config(tmp_path / "run.yaml", tiny_models["qwen2"], tmp_path / "cache",
                      render={"pack": True}, train={"max_steps": 3, "order": "by_domain"})
-    res = train(cfg, tmp_path / "run", *sets)
+    res = train(cfg, tmp_path / "run", *sets, fresh=False)
     assert res.returncode == 0, res.stderr[-2000:]
     m = metrics(tmp_path / "run")
     assert len(m) == 3 and all(r["data"]["domain"] for r in m)

@@ -71,6 +71,12 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .experiments.export import export
+    print(json.dumps(export(args.run, args.out, args.step, args.best, args.merge, args.dtype), indent=2))
+    return 0
+
+
 def _cmd_probes(args) -> int:
     from .data.probes import write_probes
     probes, conversations = write_probes(args.out, args.n, args.seed, args.mentions)
@@ -135,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ev.add_argument("--out", default=None, help="where evals/ go (default: the run directory)")
     ev.set_defaults(func=_cmd_eval)
+
+    ex = sub.add_parser("export", help="a clean, self-contained model folder from a run's checkpoint")
+    ex.add_argument("run", help="run directory")
+    ex.add_argument("--out", required=True, help="the folder to write (new or empty)")
+    pick = ex.add_mutually_exclusive_group()
+    pick.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest intact one)")
+    pick.add_argument("--best", default=None, metavar="METRIC",
+                      help="the checkpoint best by an evaluated figure, e.g. conversation_ppl/assistant (lower is "
+                           "better for perplexities), among those whose retention stayed in bounds")
+    ex.add_argument("--merge", action="store_true", help="LoRA: fold the adapter into the base weights")
+    ex.add_argument("--dtype", choices=["bf16", "fp32"], default=None, help="cast the weights (default: as trained)")
+    ex.set_defaults(func=_cmd_export)
 
     sw = sub.add_parser("sweep", help="run an experiment: a base config and a grid of overrides")
     sw.add_argument("experiment", help="sweep YAML (configs/experiments/*.yaml)")

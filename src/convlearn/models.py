@@ -31,14 +31,16 @@ class FamilyFacts:
     # Chat-template variables pinned by default so rendering is deterministic (Llama-3 otherwise stamps
     # today's date into every sample through strftime_now).
     template_kwargs: dict[str, Any] = field(default_factory=dict)
+    # The special token that ends an assistant turn: generation must stop there (it is not always the eos).
+    end_of_turn: str = ""
 
 
 FAMILIES: dict[str, FamilyFacts] = {
-    "qwen2": FamilyFacts("qwen2", True, _LLAMA_LIKE, "sdpa"),
-    "llama": FamilyFacts("llama", True, _LLAMA_LIKE, "sdpa", {"date_string": "26 Jul 2024"}),
+    "qwen2": FamilyFacts("qwen2", True, _LLAMA_LIKE, "sdpa", end_of_turn="<|im_end|>"),
+    "llama": FamilyFacts("llama", True, _LLAMA_LIKE, "sdpa", {"date_string": "26 Jul 2024"}, "<|eot_id|>"),
     # Gemma-2's logit softcapping is not supported by sdpa; transformers refuses it, so eager.
-    "gemma2": FamilyFacts("gemma2", False, _LLAMA_LIKE, "eager"),
-    "phi3": FamilyFacts("phi3", True, _PHI3, "sdpa"),
+    "gemma2": FamilyFacts("gemma2", False, _LLAMA_LIKE, "eager", end_of_turn="<end_of_turn>"),
+    "phi3": FamilyFacts("phi3", True, _PHI3, "sdpa", end_of_turn="<|end|>"),
 }
 
 
@@ -92,6 +94,9 @@ def _model_type(name: str, revision: str | None) -> str:
     local = Path(name) / "config.json"
     if local.is_file():
         return json.loads(local.read_text()).get("model_type", "unknown")
+    adapter = Path(name) / "adapter_config.json"
+    if adapter.is_file():  # a LoRA folder: the family of the base it adapts
+        return _model_type(json.loads(adapter.read_text())["base_model_name_or_path"], None)
     try:
         return AutoConfig.from_pretrained(name, revision=revision).model_type
     except OSError as e:

@@ -64,12 +64,12 @@ def run_demo(out: str | Path, pretrain_steps: int = 400, train_steps: int = 200,
     base = pretrain_base(out, tiny, pretrain_steps)
     print("[3/5] knowledge probes (with held-out phrasings) and the docstring retention benchmark ...", flush=True)
     write_probes(out / "probes", n=12, seed=0, mentions=4)
-    write_docstring_cloze(out / "retention", questions=400, documents=PRETRAIN_DOCUMENTS)
+    quick = train_steps < 100  # the shortened (CI) demo also evaluates on less
+    write_docstring_cloze(out / "retention", questions=100 if quick else 400, documents=PRETRAIN_DOCUMENTS)
     print(f"[4/5] learning-rate pilots ({pilot_steps} steps at 0.3x / 1x / 3x each method's rate), then continual "
           f"training on chatterbot + probe conversations: AdamW, LoRA, layer-wise GaLore, layer-wise GaLore + 10% "
           f"replay ({train_steps} steps each) ...", flush=True)
-    # the shortened (CI) demo also evaluates on less
-    quick_evals = ", eval.heldout_samples=64" if train_steps < 100 else ""
+    quick_evals = ", eval.heldout_samples=64, eval.original.limit=150" if quick else ""
     sweep_file = out / "demo_sweep.yaml"
     base_cfg = (PACKAGED / "tiny" / "base.yaml").read_text().replace("runs/demo/", f"{out}/")
     (out / "base.yaml").write_text(base_cfg)

@@ -2,13 +2,16 @@
 forgetting analysis (and, for a stream, the online adaptation analysis) over what they wrote."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..eval.adaptation import write_adaptation
 from ..eval.forgetting import write_analysis
 from ..eval.records import load_evals
 from ..eval.suites import RunEvaluator, ScheduledEvaluator
+from ..train import model_folder
 from ..train.build import build_trainer, set_up_run
+from ..train.checkpoint import link_final
 
 
 def run_training(cfg, out: str | Path | None = None, max_steps: int | None = None, resume: bool = False) -> dict:
@@ -20,10 +23,13 @@ def run_training(cfg, out: str | Path | None = None, max_steps: int | None = Non
         summary = trainer.run()
         if not setup.dist.main:
             return summary
+        summary["final_model"] = str(link_final(setup.out))
+        summary["data"] = {k: setup.prepared.meta["data"][k] for k in ("conversations", "documents", "heldout",
+                                                                        "skipped")}
         method = trainer.trainable.method
         if method.adapter and cfg.method.save_merged:
             method.merged(trainer.trainable).save_pretrained(setup.out / "merged")
-            setup.tokenizer.save_pretrained(setup.out / "merged")
+            model_folder.complete(setup.out / "merged", setup.tokenizer, setup.spec)
         summary["forgetting"] = write_analysis(setup.out, cfg.eval).get("flags", {})
         if cfg.train.order != "shuffled":  # a stream: measure adaptation at its domain switches
             adapt = write_adaptation(setup.out, cfg.eval.adaptation_levels, cfg.eval.criteria.confidence)
@@ -34,6 +40,7 @@ def run_training(cfg, out: str | Path | None = None, max_steps: int | None = Non
                           for p in adapt["phases"] if any(s <= p["end"] for s in steps)]
                 summary["backward_transfer"] = write_analysis(setup.out, cfg.eval, phases).get(
                     "backward_transfer")
+        (setup.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
     finally:
         setup.dist.close()

@@ -21,6 +21,7 @@ from .checkpoint import MODEL_DIR, Checkpointer, latest_checkpoint, load_trainer
 from .distributed import Dist
 from .loop import Evaluator, Trainer
 from .methods import Method, Trainable, method_for
+from .model_folder import keep_base
 from .replay import ReplayMixer
 from .telemetry import Telemetry
 
@@ -133,7 +134,8 @@ def build_trainer(setup: RunSetup, evaluator: Evaluator | None = None, max_steps
     resume = load_trainer_state(setup.checkpoint) if setup.checkpoint is not None else None
     telemetry = Telemetry(setup.out, cfg, enabled=setup.dist.main,
                           resume_step=resume["counters"]["step"] if resume is not None else None)
-    return Trainer(cfg.train, trainable, stream, out=setup.out, checkpointer=Checkpointer(setup.out,
-                   cfg.train.keep_last), telemetry=telemetry, dist=setup.dist, device=setup.device,
+    base = keep_base(setup.out, cfg.model.name) if setup.method.adapter and setup.dist.main else None
+    checkpointer = Checkpointer(setup.out, cfg.train.keep_last, setup.tokenizer, setup.spec, base)
+    return Trainer(cfg.train, trainable, stream, out=setup.out, checkpointer=checkpointer, telemetry=telemetry, dist=setup.dist, device=setup.device,
                    precision=setup.precision, evaluator=evaluator if setup.dist.main else None,
                    max_steps=max_steps, resume=resume, resume_from=setup.checkpoint, progress=cfg.logging.progress)

@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from . import model_folder
+
 STATE_FILE = "trainer_state.pt"
 MODEL_DIR = "model"
 MARKER = "COMPLETE"
@@ -69,10 +71,12 @@ def _as_tuple(x):
 
 
 class Checkpointer:
-    """Writes a run's checkpoints (keeping the last `keep_last`) and finds the one to resume from."""
+    """Writes a run's checkpoints (keeping the last `keep_last`), each `model/` a self-contained model folder
+    (train/model_folder.py: tokenizer, chat template, end-of-turn eos ids, an adapter's base)."""
 
-    def __init__(self, out: Path, keep_last: int):
+    def __init__(self, out: Path, keep_last: int, tokenizer=None, spec=None, base: str | None = None):
         self.out, self.keep_last = Path(out), keep_last
+        self.tokenizer, self.spec, self.base = tokenizer, spec, base
 
     def save(self, step: int, trainable, trainer_state: dict) -> Path:
         root = checkpoints_dir(self.out)
@@ -91,6 +95,8 @@ class Checkpointer:
                 raise
             n = int(found.group(1))
             raise OSError(n, os.strerror(n), str(tmp / MODEL_DIR)) from None
+        if self.tokenizer is not None:
+            model_folder.complete(tmp / MODEL_DIR, self.tokenizer, self.spec, self.base)
         with open(tmp / STATE_FILE, "wb") as fh:  # through a Python file: a failed write raises with its errno
             torch.save({**trainer_state, "optimizer": trainable.optimizer.state_dict(), "rng": rng_state(),
                         "step": step}, fh)
@@ -164,6 +170,20 @@ def usable_checkpoint(out: Path, say=None) -> Path | None:
             return ckpt
         say(f"checkpoint {ckpt.name} is damaged ({why}); falling back to an older one")
     return None
+
+
+def link_final(out: Path) -> Path | None:
+    """`final` -> the newest checkpoint's model folder (a relative link: the run directory can move)."""
+    ckpt = latest_checkpoint(out)
+    if ckpt is None:
+        return None
+    link = Path(out) / "final"
+    tmp = Path(out) / f".final-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(Path("checkpoints") / ckpt.name / MODEL_DIR, target_is_directory=True)
+    os.replace(tmp, link)
+    return link
 
 
 def latest_checkpoint(out: Path) -> Path | None:

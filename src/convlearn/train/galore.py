@@ -27,6 +27,8 @@ import torch
 from .precision import stochastic_round_
 
 log = logging.getLogger(__name__)
+# torch's fused AdamW kernel (CPU and CUDA): moments and update in one pass per tensor
+_FUSED = getattr(torch, "_fused_adamw_", None)
 FOREACH_CHUNK = 16  # tensors updated per foreach call in `step`
 
 
@@ -50,25 +52,34 @@ def _randomized_svd(mat: torch.Tensor, rank: int, oversample: int, iters: int, g
     """Halko et al. range finder + SVD of the small matrix; the random test matrix comes from our generator
     (torch.svd_lowrank would draw from the global RNG and break exact resume). `start` (n x r) seeds the
     range finder with a previous subspace (warm start): gradients drift slowly, so one power iteration from
-    the old projector finds the new top subspace at a fraction of a full SVD's cost."""
+    the old projector finds the new top subspace at a fraction of a full SVD's cost. The big matrix stays in
+    its own dtype: only the thin products (m x k, k x n) are taken to fp32, so a bf16 embedding gradient is
+    never copied whole."""
     m, n = mat.shape
     k = min(rank + oversample, m, n)
     omega = torch.randn(n, k if start is None else max(k - start.shape[1], 0), generator=generator,
-                        device=generator.device).to(mat.device, mat.dtype)
+                        device=generator.device).to(mat.device, torch.float32)
     if start is not None:
-        omega = torch.cat([start.to(mat.dtype), omega], dim=1)[:, :k]
-    q, _ = torch.linalg.qr(mat @ omega)
+        omega = torch.cat([start.float(), omega], dim=1)[:, :k]
+
+    def times(thin):  # mat @ thin, computed in mat's dtype, returned in fp32
+        return (mat @ thin.to(mat.dtype)).float()
+
+    def times_t(thin):  # mat.T @ thin
+        return (mat.T @ thin.to(mat.dtype)).float()
+    q, _ = torch.linalg.qr(times(omega))
     for _ in range(iters):
-        q, _ = torch.linalg.qr(mat.T @ q)
-        q, _ = torch.linalg.qr(mat @ q)
-    ub, s, vh = torch.linalg.svd(q.T @ mat, full_matrices=False)
+        q, _ = torch.linalg.qr(times_t(q))
+        q, _ = torch.linalg.qr(times(q))
+    ub, s, vh = torch.linalg.svd(times_t(q).T, full_matrices=False)
     return q @ ub, s, vh
 
 
 def compute_projector(grad: torch.Tensor, rank: int, side: str, method: str, generator: torch.Generator,
                       oversample: int = 8, iters: int = 2, previous: torch.Tensor | None = None) -> torch.Tensor:
-    """The projector for one gradient: left m x r (top left singular vectors) or right r x n."""
-    mat = grad if grad.dtype == torch.float32 else grad.float()
+    """The projector for one gradient: left m x r (top left singular vectors) or right r x n. Only `svd` needs
+    the gradient whole in fp32 (and its m x min(m, n) U): randomized and warm refreshes work on thin products."""
+    mat = grad if grad.dtype == torch.float32 or method != "svd" else grad.float()
     m, n = mat.shape
     if method == "warm" and previous is not None:
         # Work on the matrix whose right singular vectors we want, seeded with the old ones.
@@ -77,7 +88,7 @@ def compute_projector(grad: torch.Tensor, rank: int, side: str, method: str, gen
         _, _, vh = _randomized_svd(target, rank, oversample, iters, generator, start=start)
         out = vh[:rank, :] if side == "right" else vh[:rank, :].T
     elif method == "random":
-        p = _orthonormal_random(m if side == "left" else n, min(rank, m, n), generator, mat.device, mat.dtype)
+        p = _orthonormal_random(m if side == "left" else n, min(rank, m, n), generator, mat.device, torch.float32)
         out = p if side == "left" else p.T
     elif method in ("randomized", "warm"):  # warm with no previous projector: a plain randomized SVD
         u, _, vh = _randomized_svd(mat, rank, oversample, iters, generator)
@@ -101,8 +112,10 @@ class GaLoreAdamW(torch.optim.Optimizer):
         self.refresh_method, self.oversample, self.iters = refresh, oversample, iters
         self.stochastic_rounding = stochastic_rounding
         device = next((p.device for g in self.param_groups for p in g["params"]), torch.device("cpu"))
-        self.generator = torch.Generator(device=device)
+        self.seed, self.device = seed, device
+        self.generator = torch.Generator(device=device)  # stochastic rounding's draws (saved with the state)
         self.generator.manual_seed(seed)
+        self.index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
         self.stats = {"refreshes": 0, "refresh_fallbacks": 0, "refresh_seconds": 0.0}
 
     # -- projection -------------------------------------------------------------------------------------
@@ -117,16 +130,24 @@ class GaLoreAdamW(torch.optim.Optimizer):
         return group["galore"] and ("projector" not in state or
                                     int(state["step"]) % group["update_proj_gap"] == 0)
 
+    def _refresh_generator(self, p: torch.Tensor) -> torch.Generator:
+        """The random draws of one weight's refresh, a function of (seed, weight, step) alone: the same projector
+        whether weights are refreshed in the optimizer's order or in backward's (layer-wise), and on resume."""
+        g = torch.Generator(device=self.device)
+        g.manual_seed((self.seed * 1_000_003 + self.index[id(p)]) * 1_000_033 + int(self.state[p]["step"]))
+        return g
+
     def _refresh(self, p: torch.Tensor, group: dict, grad: torch.Tensor) -> None:
         """New projector from the full gradient; on failure keep the old one (or use a random one)."""
         state = self.state[p]
+        generator = self._refresh_generator(p)
         side = projection_side(p.shape, group["proj_type"])
         started = time.perf_counter()
         method = self.refresh_method
         new = None
         if torch.isfinite(grad).all():
             try:
-                new = compute_projector(grad, group["rank"], side, method, self.generator, self.oversample,
+                new = compute_projector(grad, group["rank"], side, method, generator, self.oversample,
                                         self.iters, previous=state.get("projector"))
                 if not torch.isfinite(new).all():
                     new = None
@@ -139,7 +160,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
             else:
                 log.warning("GaLore: random projector for a %s weight (no usable gradient yet)", tuple(p.shape))
                 new = compute_projector(grad.nan_to_num(0.0, 0.0, 0.0), group["rank"], side, "random",
-                                        self.generator)
+                                        generator)
         if new is not None:
             state["projector"] = new
         self.stats["refreshes"] += 1
@@ -197,10 +218,12 @@ class GaLoreAdamW(torch.optim.Optimizer):
             self._apply(params[i:i + FOREACH_CHUNK], chunk, group)
 
     def _apply(self, params: list[torch.Tensor], grads: list[torch.Tensor], group: dict) -> None:
-        """The AdamW(+GaLore) update of `params` from their (projected) gradients, with foreach kernels over the
-        list: on a GPU, per-tensor launches and Python overhead for ~300 weights cost more than the arithmetic."""
+        """The AdamW(+GaLore) update of `params` from their (projected) gradients. The moments and the step run
+        in torch's fused AdamW kernel, on the weights themselves (a plain group) or on a zero buffer that then
+        holds the low-rank update (a GaLore group), with eps scaled so the kernel computes the reference's rule
+        (step lr * sqrt(bc2) / bc1, eps outside the bias correction); weight decay after the update, as the
+        reference. Without the kernel (an unusual device, or steps that differ within the list), foreach ops."""
         beta1, beta2 = group["betas"]
-        sizes = []
         for p, g in zip(params, grads):
             state = self.state[p]
             if "step" not in state:
@@ -209,24 +232,36 @@ class GaLoreAdamW(torch.optim.Optimizer):
                 state["exp_avg"] = torch.zeros_like(g)
                 state["exp_avg_sq"] = torch.zeros_like(g)
             state["step"] += 1
-            step = int(state["step"])
-            sizes.append(group["lr"] * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step))
+        steps = [self.state[p]["step"] for p in params]
+        sizes = [group["lr"] * math.sqrt(1.0 - beta2 ** int(s)) / (1.0 - beta1 ** int(s)) for s in steps]
         if self.stochastic_rounding:
             self._apply_rounded(params, grads, group, sizes)
             return
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
-        torch._foreach_mul_(exp_avgs, beta1)
-        torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-        denoms = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_add_(denoms, group["eps"])
-        if group["galore"]:
-            for p, exp_avg, denom, size in zip(params, exp_avgs, denoms, sizes):
-                self.apply_back(p, exp_avg / denom, group, -size)
+        step = int(steps[0])
+        if _FUSED and all(int(s) == step for s in steps) and params[0].device.type in ("cpu", "cuda"):
+            kernel = dict(lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0,
+                          eps=group["eps"] / math.sqrt(1.0 - beta2 ** step), amsgrad=False, maximize=False)
+            if group["galore"]:
+                updates = [torch.zeros_like(g) for g in grads]
+                _FUSED(updates, grads, exp_avgs, exp_avg_sqs, [], steps, **kernel)
+                for p, u in zip(params, updates):
+                    self.apply_back(p, u, group, 1.0)
+            else:
+                _FUSED(params, grads, exp_avgs, exp_avg_sqs, [], steps, **kernel)
         else:
-            torch._foreach_addcdiv_(params, exp_avgs, denoms, [-s for s in sizes])
+            torch._foreach_mul_(exp_avgs, beta1)
+            torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+            denoms = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_add_(denoms, group["eps"])
+            if group["galore"]:
+                for p, exp_avg, denom, size in zip(params, exp_avgs, denoms, sizes):
+                    self.apply_back(p, exp_avg / denom, group, -size)
+            else:
+                torch._foreach_addcdiv_(params, exp_avgs, denoms, [-s for s in sizes])
         if group["weight_decay"] > 0.0:
             torch._foreach_mul_(params, 1.0 - group["lr"] * group["weight_decay"])
 

@@ -53,6 +53,7 @@ class LayerwiseUpdater:
         self.nonfinite = 0
         self.grad_bytes_now = 0
         self.grad_bytes_peak = 0
+        self.enabled = True  # off: the hooks leave gradients alone (benchmarks time a step's parts apart)
         self.handles = [p.register_post_accumulate_grad_hook(self._hook)
                         for g in optimizer.param_groups for p in g["params"]]
 
@@ -81,7 +82,7 @@ class LayerwiseUpdater:
 
     @torch.no_grad()
     def _hook(self, p: torch.Tensor) -> None:
-        if p.grad is None:
+        if not self.enabled or p.grad is None:
             return
         group = self.group(p)
         opt = self.optimizer

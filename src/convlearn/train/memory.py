@@ -35,6 +35,7 @@ BNB_BLOCK, BNB_MIN_8BIT = 256, 4096
 # The rows of the memory and speed tables: a label and the config overrides that make the method.
 STANDARD_METHODS: dict[str, list[str]] = {
     "adamw": ["method.name=adamw"],
+    "adamw layer-wise": ["method.name=adamw", "method.layerwise=true", "method.layerwise_clipping=per_tensor"],
     "lora r=64": ["method.name=lora", "method.lora_rank=64", "method.lora_alpha=128"],
     "galore r=256": ["method.name=galore", "method.rank=256"],
     "galore r=128": ["method.name=galore", "method.rank=128"],

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..memory import STEP_BYTES, MemoryCount, weight_bytes
+from ..model_folder import base_of
 from ..params import lora_adapter_shapes
 from . import register
 from .base import Method, Trainable, adam_kwargs
@@ -52,8 +53,10 @@ class LoRA(Method):
         return trainable.model.merge_and_unload()
 
     def load_trained(self, folder: Path, load_base, base: str) -> torch.nn.Module:
+        """The adapter on the base its folder names (the run's own copy of a local base), else `base`."""
         from peft import PeftModel  # peft: ~6 s to import, only for LoRA runs
-        return PeftModel.from_pretrained(load_base(base), str(folder))
+        recorded = base_of(folder)
+        return PeftModel.from_pretrained(load_base(recorded if Path(recorded).exists() else base), str(folder))
 
     def count_memory(self, model, targets, precision: str = "fp32") -> MemoryCount:
         adapters = lora_adapter_shapes(model, targets, self.cfg.lora_rank)
