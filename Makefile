@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast install clean docs
+.PHONY: demo test test-fast install browser clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/convlearn demo --out runs/demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# The web page's test drives Debian's chromium through its driver. Installed when missing and when we may
+# (root, or sudo without a password); otherwise that one test skips and says why.
+browser:
+	@command -v chromedriver >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null 2>&1; then \
+	    $$SUDO apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null \
+	    || echo "make browser: could not install chromium (the browser test will skip)"; \
+	  else echo "make browser: no root or apt-get to install chromium (the browser test will skip)"; fi; }
 
 # The inner loop: everything but the tests marked slow (< 3 min on 2 cores). CI and `make test` run all.
 test-fast: $(STAMP)

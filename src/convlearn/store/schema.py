@@ -1,0 +1,133 @@
+"""The conversation store's tables and their migrations (SQLAlchemy Core: SQLite by default, any SQLAlchemy URL
+such as Postgres where a team outgrows one machine; one code path for both).
+
+Why our own migration list and not Alembic: the schema is a handful of tables that this module owns; a version
+table plus ordered steps, applied in one transaction at open, is all it needs, and it keeps the store usable
+from a wheel with no migration scripts on disk.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (JSON, Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
+                        event, select)
+from sqlalchemy.engine import Engine
+
+metadata = MetaData()
+
+# API keys: only a hash of the key is kept; consent_default applies to this key's requests that say nothing.
+keys = Table(
+    "api_keys", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("consent_default", Boolean, nullable=False),
+    Column("created", Float, nullable=False),
+)
+
+# One chat: `head` is a hash of its messages so far, so a request that carries this history plus one new user
+# message continues it (OpenAI requests carry the whole history).
+conversations = Table(
+    "conversations", metadata,
+    Column("id", String(40), primary_key=True),
+    Column("key_id", Integer, ForeignKey("api_keys.id"), nullable=False),
+    Column("user", String(200)),
+    Column("consent", Boolean, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    Column("head", String(64), nullable=False),
+    Column("seq", Integer, nullable=False),  # arrival order of the last change (the learner's cursor reads it)
+    Index("conversations_head", "key_id", "head"),
+    Index("conversations_seq", "seq"),
+)
+
+messages = Table(
+    "messages", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("conversation_id", String(40), ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("role", String(20), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("response_id", String(64)),        # assistant turns: the id the API returned
+    Column("model_version", String(64)),      # assistant turns: which model version answered
+    Column("created", Float, nullable=False),
+    Index("messages_conversation", "conversation_id", "position", unique=True),
+    Index("messages_response", "response_id"),
+)
+
+feedback = Table(
+    "feedback", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("response_id", String(64), nullable=False),
+    Column("key_id", Integer, ForeignKey("api_keys.id"), nullable=False),
+    Column("rating", Integer, nullable=False),  # +1 thumbs up, -1 thumbs down
+    Column("text", Text),
+    Column("created", Float, nullable=False),
+)
+
+# Model versions the learner produced: promoted ones can be served; rejected ones are kept with their reasons.
+versions = Table(
+    "versions", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("parent", String(64)),
+    Column("status", String(20), nullable=False),   # base | promoted | rejected
+    Column("path", Text, nullable=False),           # the model folder (train/model_folder.py)
+    Column("created", Float, nullable=False),
+    Column("seq_from", Integer),                    # the conversations it learned from (arrival order range)
+    Column("seq_to", Integer),
+    Column("conversations", Integer),
+    Column("gate", JSON),                           # the gate's figures and reasons
+    Column("round", Integer),
+)
+
+# Small named values: the current version (one atomic pointer), the learner's cursor.
+pointers = Table(
+    "pointers", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated", Float, nullable=False),
+)
+
+schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
+
+
+def _v1(conn) -> None:
+    metadata.create_all(conn)
+
+
+# Ordered migrations: index i upgrades a store at version i to version i + 1.
+MIGRATIONS = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(engine: Engine) -> int:
+    """Bring a store up to SCHEMA_VERSION in one transaction; returns the version it was at."""
+    with engine.begin() as conn:
+        schema_version.create(conn, checkfirst=True)
+        row = conn.execute(select(schema_version.c.version)).first()
+        start = row.version if row else 0
+        if start > SCHEMA_VERSION:
+            from ..errors import UserError
+            raise UserError(f"the store is at schema version {start}; this convlearn knows up to {SCHEMA_VERSION}")
+        for step in MIGRATIONS[start:]:
+            step(conn)
+        if row is None:
+            conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+        elif start != SCHEMA_VERSION:
+            conn.execute(schema_version.update().values(version=SCHEMA_VERSION))
+    return start
+
+
+def sqlite_pragmas(engine: Engine) -> None:
+    """SQLite: write-ahead log (readers never block the writer, a killed writer loses no committed row),
+    foreign keys on (deletes cascade), a busy timeout instead of immediate 'database is locked'."""
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.close()

@@ -1,0 +1,282 @@
+"""The conversation store: API keys, conversations and their messages, consent, feedback, and (for the learner)
+its cursor and the model versions. The only channel between the server and the learner.
+
+Every write is one transaction, so a killed writer leaves either the whole exchange or nothing. Consent is
+checked in the query that feeds the learner (`consented_messages`), not after it: an unconsented or deleted
+conversation's text never leaves the store for training.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import and_, create_engine, delete, func, select, text, update
+
+from ..errors import UserError
+from .schema import conversations, feedback, keys, messages, migrate, pointers, sqlite_pragmas, versions
+
+KEY_PREFIX = "cl-"
+CURRENT = "current_version"
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def history_hash(msgs: list[dict]) -> str:
+    """What identifies a conversation's state: its roles and texts so far."""
+    return hashlib.sha256(json.dumps([[m["role"], m["content"]] for m in msgs]).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: int
+    name: str
+    consent_default: bool
+
+
+def default_url(folder: str | Path) -> str:
+    return f"sqlite:///{Path(folder).resolve() / 'store.sqlite'}"
+
+
+class Store:
+    def __init__(self, url: str):
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine = create_engine(url, future=True)
+        except Exception as e:  # a malformed URL or a missing driver: SQLAlchemy raises several types
+            raise UserError(f"--store {url}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
+        sqlite_pragmas(self.engine)
+        migrate(self.engine)
+        self.url = url
+
+    # -- keys --------------------------------------------------------------------------------------------
+    def add_key(self, name: str, consent_default: bool = False) -> str:
+        """A new API key (returned once; only its hash is stored)."""
+        secret = KEY_PREFIX + secrets.token_urlsafe(24)
+        with self.engine.begin() as c:
+            if c.execute(select(keys.c.id).where(keys.c.name == name)).first():
+                raise UserError(f"a key named {name!r} exists already")
+            c.execute(keys.insert().values(name=name, key_hash=hash_key(secret), prefix=secret[:7],
+                                           consent_default=consent_default, created=time.time()))
+        return secret
+
+    def key_for(self, secret: str | None) -> ApiKey | None:
+        if not secret:
+            return None
+        with self.engine.connect() as c:
+            row = c.execute(select(keys).where(keys.c.key_hash == hash_key(secret))).first()
+        return ApiKey(row.id, row.name, row.consent_default) if row else None
+
+    def list_keys(self) -> list[dict]:
+        with self.engine.connect() as c:
+            return [{"name": r.name, "prefix": r.prefix, "consent_default": r.consent_default,
+                     "created": r.created} for r in c.execute(select(keys).order_by(keys.c.id))]
+
+    # -- conversations -----------------------------------------------------------------------------------
+    def record_exchange(self, key: ApiKey, history: list[dict], reply: str, response_id: str, version: str,
+                        consent: bool | None = None, user: str | None = None) -> str:
+        """Store a request's messages and the reply, in one transaction. The request continues the stored
+        conversation whose messages so far are exactly its history less the last message (same key);
+        otherwise it starts one. `consent` None: the conversation's own (a new one: the key's default)."""
+        now = time.time()
+        with self.engine.begin() as c:
+            seq = self._next_seq(c)
+            found = c.execute(select(conversations.c.id, conversations.c.seq).where(and_(
+                conversations.c.key_id == key.id, conversations.c.head == history_hash(history[:-1])))
+                .order_by(conversations.c.updated.desc())).first() if len(history) > 1 else None
+            full = history + [{"role": "assistant", "content": reply}]
+            if found is None:
+                cid, start = "conv-" + uuid.uuid4().hex, 0
+                c.execute(conversations.insert().values(
+                    id=cid, key_id=key.id, user=user, consent=key.consent_default if consent is None else consent,
+                    created=now, updated=now, head=history_hash(full), seq=seq))
+            else:
+                cid, start = found.id, len(history) - 1
+                values = {"updated": now, "head": history_hash(full), "seq": seq}
+                if consent is not None:
+                    values["consent"] = consent
+                c.execute(update(conversations).where(conversations.c.id == cid).values(**values))
+            for pos in range(start, len(full)):
+                m = full[pos]
+                last = pos == len(full) - 1
+                c.execute(messages.insert().values(
+                    conversation_id=cid, position=pos, role=m["role"], content=m["content"], created=now,
+                    response_id=response_id if last else None, model_version=version if last else None))
+        return cid
+
+    def _next_seq(self, c) -> int:
+        """A store-wide arrival counter, taken inside the writing transaction."""
+        row = c.execute(select(pointers.c.value).where(pointers.c.name == "seq")).first()
+        value = int(row.value) + 1 if row else 1
+        if row:
+            c.execute(update(pointers).where(pointers.c.name == "seq").values(value=str(value), updated=time.time()))
+        else:
+            c.execute(pointers.insert().values(name="seq", value=str(value), updated=time.time()))
+        return value
+
+    def set_consent(self, conversation_id: str, key: ApiKey, consent: bool) -> bool:
+        with self.engine.begin() as c:
+            done = c.execute(update(conversations).where(and_(conversations.c.id == conversation_id,
+                                                              conversations.c.key_id == key.id))
+                             .values(consent=consent, updated=time.time()))
+        return done.rowcount > 0
+
+    def delete_conversation(self, conversation_id: str, key: ApiKey) -> bool:
+        """Gone from the store: its messages, its feedback, the conversation."""
+        with self.engine.begin() as c:
+            owned = c.execute(select(conversations.c.id).where(and_(
+                conversations.c.id == conversation_id, conversations.c.key_id == key.id))).first()
+            if not owned:
+                return False
+            ids = [r.response_id for r in c.execute(select(messages.c.response_id).where(and_(
+                messages.c.conversation_id == conversation_id, messages.c.response_id.is_not(None))))]
+            if ids:
+                c.execute(delete(feedback).where(feedback.c.response_id.in_(ids)))
+            c.execute(delete(messages).where(messages.c.conversation_id == conversation_id))
+            c.execute(delete(conversations).where(conversations.c.id == conversation_id))
+        return True
+
+    def add_feedback(self, key: ApiKey, response_id: str, rating: int, text_: str | None) -> bool:
+        with self.engine.begin() as c:
+            known = c.execute(select(messages.c.id).join(conversations).where(and_(
+                messages.c.response_id == response_id, conversations.c.key_id == key.id))).first()
+            if not known:
+                return False
+            c.execute(feedback.insert().values(response_id=response_id, key_id=key.id, rating=rating, text=text_,
+                                               created=time.time()))
+        return True
+
+    def conversation(self, conversation_id: str) -> dict | None:
+        with self.engine.connect() as c:
+            conv = c.execute(select(conversations).where(conversations.c.id == conversation_id)).first()
+            if conv is None:
+                return None
+            msgs = c.execute(select(messages).where(messages.c.conversation_id == conversation_id)
+                             .order_by(messages.c.position)).all()
+        return {"id": conv.id, "consent": conv.consent, "user": conv.user, "created": conv.created,
+                "messages": [{"role": m.role, "content": m.content, "model_version": m.model_version,
+                              "response_id": m.response_id, "message_id": m.id} for m in msgs]}
+
+    def counts(self) -> dict:
+        with self.engine.connect() as c:
+            return {"conversations": c.execute(select(func.count()).select_from(conversations)).scalar(),
+                    "consented": c.execute(select(func.count()).select_from(conversations)
+                                           .where(conversations.c.consent.is_(True))).scalar(),
+                    "messages": c.execute(select(func.count()).select_from(messages)).scalar(),
+                    "feedback": c.execute(select(func.count()).select_from(feedback)).scalar()}
+
+    # -- what the learner may read -----------------------------------------------------------------------
+    def consented_messages(self, after: int, limit_conversations: int | None = None) -> list[dict]:
+        """Consented conversations with messages newer than message id `after`, oldest new message first: each
+        with its whole history and `first_new`, the position of its first message not yet read. Consent is a
+        condition of this query: nothing of an unconsented or deleted conversation comes out."""
+        with self.engine.connect() as c:
+            firsts = c.execute(
+                select(messages.c.conversation_id, func.min(messages.c.id).label("first"),
+                       func.max(messages.c.id).label("last"))
+                .join(conversations, conversations.c.id == messages.c.conversation_id)
+                .where(and_(messages.c.id > after, conversations.c.consent.is_(True)))
+                .group_by(messages.c.conversation_id).order_by(func.min(messages.c.id))
+                .limit(limit_conversations)).all()
+            out = []
+            for row in firsts:
+                conv = c.execute(select(conversations).where(conversations.c.id == row.conversation_id)).first()
+                msgs = c.execute(select(messages).where(and_(messages.c.conversation_id == row.conversation_id,
+                                                             messages.c.id <= row.last))
+                                 .order_by(messages.c.position)).all()
+                first_new = next(m.position for m in msgs if m.id > after)
+                out.append({"id": conv.id, "key_id": conv.key_id, "first_new": first_new, "last_message": row.last,
+                            "messages": [{"role": m.role, "content": m.content} for m in msgs]})
+        return out
+
+    def pending_consented(self, after: int) -> int:
+        """How many consented conversations have messages newer than `after` (the learner's trigger)."""
+        with self.engine.connect() as c:
+            return c.execute(select(func.count(func.distinct(messages.c.conversation_id)))
+                             .join(conversations, conversations.c.id == messages.c.conversation_id)
+                             .where(and_(messages.c.id > after, conversations.c.consent.is_(True)))).scalar()
+
+    # -- export ------------------------------------------------------------------------------------------
+    def export(self, out: str | Path, fmt: str) -> int:
+        """Consented conversations as JSON lines our own readers ingest: lmsys or sharegpt."""
+        if fmt not in ("lmsys", "sharegpt"):
+            raise UserError(f"--format: lmsys or sharegpt; got {fmt!r}")
+        n = 0
+        tmp = Path(out).with_name(Path(out).name + ".tmp")
+        with self.engine.connect() as c, open(tmp, "w", encoding="utf-8") as fh:
+            for conv in c.execute(select(conversations).where(conversations.c.consent.is_(True))
+                                  .order_by(conversations.c.created)):
+                msgs = c.execute(select(messages).where(messages.c.conversation_id == conv.id)
+                                 .order_by(messages.c.position)).all()
+                if fmt == "lmsys":
+                    row = {"conversation_id": conv.id, "model": msgs[-1].model_version or "", "turn":
+                           sum(m.role == "assistant" for m in msgs), "language": None, "redacted": False,
+                           "openai_moderation": [],
+                           "conversation": [{"role": m.role, "content": m.content} for m in msgs]}
+                else:
+                    row = {"id": conv.id, "conversations": [{"from": {"user": "human", "assistant": "gpt"}.get(
+                        m.role, m.role), "value": m.content} for m in msgs]}
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
+        tmp.replace(out)
+        return n
+
+    # -- versions and pointers ---------------------------------------------------------------------------
+    def pointer(self, name: str, default: str | None = None) -> str | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(pointers.c.value).where(pointers.c.name == name)).first()
+        return row.value if row else default
+
+    @staticmethod
+    def _set_pointer(c, name: str, value: str) -> None:
+        if c.execute(select(pointers.c.name).where(pointers.c.name == name)).first():
+            c.execute(update(pointers).where(pointers.c.name == name).values(value=value, updated=time.time()))
+        else:
+            c.execute(pointers.insert().values(name=name, value=value, updated=time.time()))
+
+    def record_version(self, version: dict, pointers_: dict[str, str] | None = None, make_current: bool = False
+                       ) -> None:
+        """A version row and the pointers that go with it (the learner's cursor; `current` when promoted), in
+        one transaction: the model folder exists before, so a version is never current half-written."""
+        with self.engine.begin() as c:
+            c.execute(versions.insert().values(created=time.time(), **version))
+            for name, value in (pointers_ or {}).items():
+                self._set_pointer(c, name, value)
+            if make_current:
+                self._set_pointer(c, CURRENT, version["id"])
+
+    def set_current(self, version_id: str) -> None:
+        with self.engine.begin() as c:
+            row = c.execute(select(versions.c.status).where(versions.c.id == version_id)).first()
+            if row is None:
+                raise UserError(f"no version {version_id!r} in the store")
+            if row.status == "rejected":
+                raise UserError(f"version {version_id} was rejected by the gate; it cannot be made current")
+            self._set_pointer(c, CURRENT, version_id)
+
+    def current_version(self) -> dict | None:
+        vid = self.pointer(CURRENT)
+        return self.version(vid) if vid else None
+
+    def version(self, version_id: str) -> dict | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(versions).where(versions.c.id == version_id)).first()
+        return dict(row._mapping) if row else None
+
+    def versions(self) -> list[dict]:
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(select(versions).order_by(versions.c.created))]
+
+    def integrity_check(self) -> str:
+        """SQLite's own check of the file ("ok"), or "n/a" on another database."""
+        if self.engine.dialect.name != "sqlite":
+            return "n/a"
+        with self.engine.connect() as c:
+            return c.execute(text("PRAGMA integrity_check")).scalar()
