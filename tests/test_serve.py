@@ -355,12 +355,13 @@ def test_web_page_in_headless_chromium(live):
         box = driver.find_element(By.ID, "input")
         box.send_keys("hello from the browser", Keys.ENTER)
         answer = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, ".assistant[data-done='1']"))
-        shown = answer.find_element(By.CLASS_NAME, "text").text
+        # textContent, not .text: WebDriver's .text collapses whitespace runs and the tiny model's replies have them
+        shown = answer.find_element(By.CLASS_NAME, "text").get_attribute("textContent")
         convs = [c for c in live.store.consented_messages(after=0)
                  if c["messages"][0]["content"] == "hello from the browser"]
         assert len(convs) == 1
         stored = live.store.conversation(convs[0]["id"])
-        assert stored["consent"] is True and stored["messages"][1]["content"].strip() == shown.strip()
+        assert stored["consent"] is True and stored["messages"][1]["content"] == shown
         answer.find_element(By.CSS_SELECTOR, "button[data-rating='up']").click()
         wait.until(lambda d: "chosen" in answer.find_element(By.CSS_SELECTOR, "button[data-rating='up']")
                    .get_attribute("class"))
@@ -368,5 +369,18 @@ def test_web_page_in_headless_chromium(live):
         wait.until(lambda d: "will not be learned" in d.find_element(By.ID, "status").text)
         assert live.store.conversation(convs[0]["id"])["consent"] is False
         assert "answered by v0" in answer.text
+        # the model panel: a rejected candidate with its gate figures and why (the shape learn/gate.py records)
+        live.store.record_version({"id": "v1", "parent": "v0", "status": "rejected", "path": "/nowhere",
+                                   "seq_from": 0, "seq_to": 9, "conversations": 7, "round": 1, "gate": {
+                                       "reasons": ["learning: +4.0% over the bound +0.0%"],
+                                       "checks": {"learning": {"status": "fail", "what": "perplexity, relative change",
+                                                               "value": 0.04, "low": 0.01, "high": 0.07, "bound": 0.0},
+                                                  "probes": {"status": "not measured"}},
+                                       "figures": {"current": {"conversation_ppl": 25.0, "original_ppl": 150.0},
+                                                   "candidate": {"conversation_ppl": 26.0, "original_ppl": 151.0}}}})
+        row = wait.until(lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, "#versions tr.rejected")])[0]
+        assert row.text.startswith("v1 rejected 7 conversations (messages 0–9)")
+        assert "learning fail +4.0% [+1.0%, +7.0%] (bound +0.0%)" in row.text and "probes not measured" in row.text
+        assert "ppl 25.0 → 26.0" in row.text and "why rejected: learning: +4.0%" in row.text
     finally:
         driver.quit()

@@ -126,7 +126,11 @@ def test_layerwise_with_accumulation_equals_plain_galore(base, accumulation):
     assert plain.returncode == 0 and lw.returncode == 0, lw.stderr[-3000:]
     p_loss, p_norm = _losses_and_norms(root / f"plain-accum-{accumulation}")
     l_loss, l_norm = _losses_and_norms(root / f"lw-accum-{accumulation}")
-    assert l_loss == pytest.approx(p_loss, rel=1e-5)
+    # lowrank sums the projected micro-batch gradients, plain projects their sum: equal in exact arithmetic, not
+    # in floats, and Adam's 1/sqrt(v) amplifies the rounding (measured on CI's CPU: 2.7e-4 relative by step 9;
+    # 0 here). A dropped or double-counted micro-batch moves the loss by > 1e-2.
+    assert l_loss == pytest.approx(p_loss, rel=1e-5 if accumulation == "full" else 2e-3)
+    assert l_loss[:5] == pytest.approx(p_loss[:5], rel=1e-5)  # up to the second refresh: the same to rounding
     for step, (a, b) in enumerate(zip(l_norm, p_norm)):
         if accumulation == "full" or step % 4 == 0:  # refresh steps keep the full gradient
             assert a == pytest.approx(b, rel=1e-4)

@@ -109,8 +109,32 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_demo(args) -> int:
+    if args.live:
+        from .learn.live import run_live
+        run_live(args.out if args.out != "runs/demo" else "runs/live", quick=args.quick)
+        return 0
     from .experiments.demo import run_demo
     run_demo(args.out, *((60, 30, 10) if args.quick else (400, 200, 60)))
+    return 0
+
+
+def _cmd_learn(args) -> int:
+    from .learn.learner import learn, learn_config
+    return learn(learn_config(args.config, args.set), once=args.once, rounds=args.rounds)
+
+
+def _cmd_versions(args) -> int:
+    from .learn.learner import versions_table
+    from .store import open_store
+    print(versions_table(open_store(args.dir, args.store)))
+    return 0
+
+
+def _cmd_rollback(args) -> int:
+    from .learn.learner import rollback
+    from .store import open_store
+    moved = rollback(open_store(args.dir, args.store), args.version)
+    print(f"current version: {moved['from']} -> {moved['to']} (a running server swaps to it between requests)")
     return 0
 
 
@@ -132,7 +156,7 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_keys(args) -> int:
-    from .serve.server import open_store
+    from .store import open_store
     store = open_store(args.dir, args.store)
     if args.keys_command == "add":
         secret = store.add_key(args.name, args.consent_default)
@@ -146,7 +170,7 @@ def _cmd_keys(args) -> int:
 
 
 def _cmd_store(args) -> int:
-    from .serve.server import open_store
+    from .store import open_store
     store = open_store(args.dir, args.store)
     if args.store_command == "export":
         n = store.export(args.out, args.format)
@@ -172,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the embedded default offline on CPU")
     demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     demo.add_argument("--quick", action="store_true", help="shortened (CI): 60 pretraining + 30 training steps")
+    demo.add_argument("--live", action="store_true", help="the serve -> learn loop instead: a server, simulated "
+                                                          "users, learning rounds, gate, canaries (runs/live)")
     demo.set_defaults(func=_cmd_demo)
 
     train = sub.add_parser("train", help="continue training a model on a run config")
@@ -233,6 +259,25 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--rate-limit", type=int, default=120, help="requests per key per minute (429 above)")
     srv.add_argument("--poll", type=float, default=2.0, help="seconds between checks for a newly current version")
     srv.set_defaults(func=_cmd_serve)
+
+    lrn = sub.add_parser("learn", help="learn in rounds from the store's consented conversations, beside serve")
+    lrn.add_argument("config", help="YAML run config with a `learn` section (its learn.dir is the serve directory)")
+    lrn.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    lrn.add_argument("--once", action="store_true", help="one round now if anything waits (or finish an "
+                                                          "interrupted one), then exit")
+    lrn.add_argument("--rounds", type=int, default=None, help="stop after this many rounds (default: run on)")
+    lrn.set_defaults(func=_cmd_learn)
+
+    ver = sub.add_parser("versions", help="the model versions of a serve directory: promoted, rejected and why")
+    ver.add_argument("dir", nargs="?", default=None, help="serve directory (default ./convlearn-live)")
+    ver.add_argument("--store", default=None, help="a SQLAlchemy database URL instead")
+    ver.set_defaults(func=_cmd_versions)
+
+    rb = sub.add_parser("rollback", help="make an older version current (the server swaps to it)")
+    rb.add_argument("dir", help="serve directory")
+    rb.add_argument("version", help="version id, e.g. v0")
+    rb.add_argument("--store", default=None, help="a SQLAlchemy database URL instead")
+    rb.set_defaults(func=_cmd_rollback)
 
     keys = sub.add_parser("keys", help="API keys of a serve directory's store")
     ksub = keys.add_subparsers(dest="keys_command", required=True)

@@ -1,7 +1,8 @@
 """The run config: one YAML file describes a run. Every key is documented next to it.
 
 Sections follow the flow: model -> data -> render (config/data.py) -> method, train, replay (config/training.py)
--> eval (config/evaluation.py) -> logging (here). `convlearn config docs` renders them into docs/CONFIG.md.
+-> eval (config/evaluation.py) -> logging (here) -> learn (config/learn.py, the online learner). `convlearn config
+docs` renders them into docs/CONFIG.md.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import yaml
 from ..errors import ConfigError, UserError
 from .data import DataConfig, ModelConfig, RenderConfig
 from .evaluation import EvalConfig
+from .learn import LearnConfig
 from .schema import apply_override, build, opt, parse_override, render_docs, section, to_dict
 from .training import MethodConfig, ReplayConfig, TrainConfig
 
@@ -36,6 +38,7 @@ class RunConfig:
     replay: ReplayConfig = opt(ReplayConfig(), "Replay against forgetting.")
     eval: EvalConfig = opt(EvalConfig(), "What is evaluated when: learning and forgetting.")
     logging: LoggingConfig = opt(LoggingConfig(), "Where metrics go.")
+    learn: LearnConfig = opt(LearnConfig(), "The online learner (`convlearn learn`); ignored by other commands.")
     seed: int = opt(0, "Seed for data order and initialisation.", ge=0)
     output_dir: str = opt("runs/default", "Run directory: resolved config, metrics, evals, checkpoints.")
 

@@ -215,22 +215,39 @@ class ChatRenderer:
         encoded = self.encoder.encode([r.text for r in rendered])
         out = []
         for conv, r, enc in zip(convs, rendered, encoded):
+            first_new = self._first_new(conv)
             if len(enc.ids) <= self.max_seq_len:
-                samples = [self._sample(conv, r, enc, 0, 0)]
+                samples = [self._sample(conv, r, enc, first_new, 0)]
             else:
-                samples = self._windows(conv, r, enc)
+                samples = self._windows(conv, r, enc, first_new)
             self.stats.conversations += 1
             self.stats.samples += len(samples)
             self.stats.tokens += sum(len(s.input_ids) for s in samples)
             out.append(samples)
         return out
 
+    def _first_new(self, conv: Conversation) -> int:
+        """A continued conversation's first message not trained on before (`meta["first_new"]`, set by the online
+        learner), as an index into the template messages; earlier messages are context only, as in a window."""
+        first_new = int(conv.meta.get("first_new") or 0)
+        if first_new <= 0:
+            return 0
+        inserted = bool(self.system_prompt) and conv.messages[0].role != "system"
+        folded = not self.system_role and (conv.messages[0].role == "system" or inserted)
+        return first_new + int(inserted) - int(folded)
+
     # -- windows for conversations longer than max_seq_len -----------------------------------------------
-    def _windows(self, conv: Conversation, full: Rendered, full_enc: Encoded) -> list[Sample]:
+    def _windows(self, conv: Conversation, full: Rendered, full_enc: Encoded, conv_first_new: int = 0
+                 ) -> list[Sample]:
         self.stats.counts["conversations_windowed"] += 1
         msgs = self.messages(conv)
         samples: list[Sample] = []
-        for r, enc, first_new in plan_windows(full, full_enc, self, msgs):
+        for r, enc, first_new, offset in plan_windows(full, full_enc, self, msgs):
+            if conv_first_new:  # a continued conversation: only its new messages are trained on
+                if len(r.roles) - 1 + offset < conv_first_new:
+                    self.stats.counts["windows_before_first_new_dropped"] += 1
+                    continue
+                first_new = max(first_new, conv_first_new - offset)
             if len(enc.ids) <= self.max_seq_len:
                 samples.append(self._sample(conv, r, enc, first_new, len(samples)))
                 continue

@@ -95,6 +95,9 @@ def _lmsys(row: dict, index: int, source: str, edits: Counter) -> Conversation:
         moderation, list) else False
     meta = {"model": row.get("model"), "redacted": row.get("redacted"), "flagged": flagged,
             "turn": row.get("turn")}
+    first_new = row.get("convlearn_first_new")  # rows the online learner writes: earlier messages are context
+    if isinstance(first_new, int) and not isinstance(first_new, bool) and first_new > 0:
+        meta["first_new"] = first_new
     cid = row.get("conversation_id") or _content_id(source, pairs)
     return make_conversation(cid, source, pairs, edits, row.get("language"), None, meta)
 

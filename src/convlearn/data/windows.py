@@ -11,7 +11,8 @@ import numpy as np
 
 
 def plan_windows(full, full_enc, renderer, msgs: list[dict]) -> list[tuple]:
-    """[(rendered, encoded, first_new_message)] per window.
+    """[(rendered, encoded, first_new_message, offset)] per window; a window's message j (past the system
+    message) is message j + offset of `msgs`.
 
     Turn costs are measured on the full rendering; a later window also pays the template's preamble (Qwen's
     default system prompt, Llama's date header) that the full rendering charged to its first turn. Each
@@ -39,7 +40,7 @@ def plan_windows(full, full_enc, renderer, msgs: list[dict]) -> list[tuple]:
         r = renderer.render_text(system + msgs[units[c][0]:units[v - 1][1]])
         # The first window trains on everything (system turn included), later ones on their new turns.
         first_new = 0 if u == 0 else units[u][0] - units[c][0] + first
-        return r, renderer.encoder.encode([r.text])[0], first_new
+        return r, renderer.encoder.encode([r.text])[0], first_new, units[c][0] - first
 
     plans = []
     u = 0

@@ -112,6 +112,12 @@ class EvalRecord:
         phrasings training never saw."""
         return self._number("probes", "heldout", key) if heldout else self._number("probes", key)
 
+    def probe_correct(self, heldout: bool = True, kind: str = "ll_correct") -> list[int]:
+        """Per question: was the true answer the likeliest (`ll_correct`) or contained in the greedy answer
+        (`correct`); the held-out phrasings' by default (paired statistics between two evaluations)."""
+        v = self._get("probes", "heldout", kind) if heldout else None
+        return list(v) if isinstance(v, list) else []
+
     def rouge_l(self) -> float | None:
         return self._number("quality", "rougeL")
 

@@ -12,29 +12,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
-from ..store import Store, default_url
+from ..store import Store, open_store
+from ..store.versions import ensure_base
 from .api import Limits, create_app
 from .engine import ModelHolder, TransformersEngine
-
-BASE_VERSION = "v0"
-
-
-def resolve_model(target: str) -> str:
-    """A model folder, a training run's final model, or a hub id (left to from_pretrained)."""
-    path = Path(target)
-    if path.is_dir():
-        if (path / "config.json").exists() or (path / "adapter_config.json").exists():
-            return str(path.resolve())
-        final = path / "final"
-        if final.exists():
-            return str(final.resolve())
-        raise UserError(f"{target}: neither a model folder (config.json) nor a run with a final model (final/); "
-                        f"`convlearn export RUN --out DIR` makes a model folder from any checkpoint")
-    if path.exists():
-        raise UserError(f"{target}: a file; serve takes a model folder, a run directory or a hub id")
-    return target
-
 
 def default_dir(target: str) -> Path:
     """A learner or run directory serves from itself; a model from ./convlearn-live."""
@@ -42,23 +23,6 @@ def default_dir(target: str) -> Path:
     if path.is_dir() and ((path / "store.sqlite").exists() or (path / "final").exists()):
         return path
     return Path("convlearn-live")
-
-
-def open_store(folder: str | Path | None, url: str | None) -> Store:
-    return Store(url or default_url(folder or "convlearn-live"))
-
-
-def ensure_base(store: Store, target: str) -> dict:
-    """The version to serve: the store's current one, or (first start) `target` recorded as v0."""
-    current = store.current_version()
-    if current is not None:
-        return current
-    if store.version(BASE_VERSION) is None:
-        store.record_version({"id": BASE_VERSION, "parent": None, "status": "base", "path": resolve_model(target)},
-                             make_current=True)
-    else:
-        store.set_current(BASE_VERSION)
-    return store.current_version()
 
 
 @dataclass

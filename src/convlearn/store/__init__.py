@@ -1,5 +1,5 @@
 """The conversation store (SQLite in WAL mode by default, any SQLAlchemy URL): the channel between the server
 and the learner. Depends on nothing of convlearn but its errors."""
-from .store import CURRENT, ApiKey, Store, default_url, history_hash
+from .store import CURRENT, ApiKey, Store, default_url, history_hash, open_store
 
-__all__ = ["CURRENT", "ApiKey", "Store", "default_url", "history_hash"]
+__all__ = ["CURRENT", "ApiKey", "Store", "default_url", "history_hash", "open_store"]

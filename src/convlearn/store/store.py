@@ -44,6 +44,11 @@ def default_url(folder: str | Path) -> str:
     return f"sqlite:///{Path(folder).resolve() / 'store.sqlite'}"
 
 
+def open_store(folder: str | Path | None, url: str | None = None) -> "Store":
+    """The store a command names: a database URL, or a serve directory's store.sqlite (./convlearn-live)."""
+    return Store(url or default_url(folder or "convlearn-live"))
+
+
 class Store:
     def __init__(self, url: str):
         if url.startswith("sqlite:///"):
@@ -173,16 +178,18 @@ class Store:
                     "feedback": c.execute(select(func.count()).select_from(feedback)).scalar()}
 
     # -- what the learner may read -----------------------------------------------------------------------
-    def consented_messages(self, after: int, limit_conversations: int | None = None) -> list[dict]:
-        """Consented conversations with messages newer than message id `after`, oldest new message first: each
-        with its whole history and `first_new`, the position of its first message not yet read. Consent is a
-        condition of this query: nothing of an unconsented or deleted conversation comes out."""
+    def consented_messages(self, after: int, upto: int | None = None, limit_conversations: int | None = None
+                           ) -> list[dict]:
+        """Consented conversations with messages in the message-id range (after, upto], oldest new message first:
+        each with its history up to `upto` and `first_new`, the position of its first message in the range.
+        Consent is a condition of this query: nothing of an unconsented or deleted conversation comes out."""
+        in_range = messages.c.id > after if upto is None else and_(messages.c.id > after, messages.c.id <= upto)
         with self.engine.connect() as c:
             firsts = c.execute(
                 select(messages.c.conversation_id, func.min(messages.c.id).label("first"),
                        func.max(messages.c.id).label("last"))
                 .join(conversations, conversations.c.id == messages.c.conversation_id)
-                .where(and_(messages.c.id > after, conversations.c.consent.is_(True)))
+                .where(and_(in_range, conversations.c.consent.is_(True)))
                 .group_by(messages.c.conversation_id).order_by(func.min(messages.c.id))
                 .limit(limit_conversations)).all()
             out = []
@@ -192,16 +199,26 @@ class Store:
                                                              messages.c.id <= row.last))
                                  .order_by(messages.c.position)).all()
                 first_new = next(m.position for m in msgs if m.id > after)
+                answered = [m.response_id for m in msgs if m.response_id]
+                down = c.execute(select(func.count()).select_from(feedback).where(and_(
+                    feedback.c.response_id.in_(answered), feedback.c.rating < 0))).scalar() if answered else 0
                 out.append({"id": conv.id, "key_id": conv.key_id, "first_new": first_new, "last_message": row.last,
+                            "first_message": row.first, "created": msgs[-1].created, "downvotes": int(down),
                             "messages": [{"role": m.role, "content": m.content} for m in msgs]})
         return out
 
-    def pending_consented(self, after: int) -> int:
-        """How many consented conversations have messages newer than `after` (the learner's trigger)."""
+    def pending_consented(self, after: int) -> tuple[int, float | None]:
+        """How many consented conversations have messages newer than `after`, and when the oldest of those
+        messages arrived (the learner's triggers)."""
         with self.engine.connect() as c:
-            return c.execute(select(func.count(func.distinct(messages.c.conversation_id)))
-                             .join(conversations, conversations.c.id == messages.c.conversation_id)
-                             .where(and_(messages.c.id > after, conversations.c.consent.is_(True)))).scalar()
+            row = c.execute(select(func.count(func.distinct(messages.c.conversation_id)), func.min(messages.c.created))
+                            .join(conversations, conversations.c.id == messages.c.conversation_id)
+                            .where(and_(messages.c.id > after, conversations.c.consent.is_(True)))).first()
+        return int(row[0] or 0), row[1]
+
+    def last_message_id(self) -> int:
+        with self.engine.connect() as c:
+            return int(c.execute(select(func.max(messages.c.id))).scalar() or 0)
 
     # -- export ------------------------------------------------------------------------------------------
     def export(self, out: str | Path, fmt: str) -> int:
@@ -241,6 +258,11 @@ class Store:
         else:
             c.execute(pointers.insert().values(name=name, value=value, updated=time.time()))
 
+    def set_pointers(self, values: dict[str, str]) -> None:
+        with self.engine.begin() as c:
+            for name, value in values.items():
+                self._set_pointer(c, name, value)
+
     def record_version(self, version: dict, pointers_: dict[str, str] | None = None, make_current: bool = False
                        ) -> None:
         """A version row and the pointers that go with it (the learner's cursor; `current` when promoted), in
@@ -273,6 +295,18 @@ class Store:
     def versions(self) -> list[dict]:
         with self.engine.connect() as c:
             return [dict(r._mapping) for r in c.execute(select(versions).order_by(versions.c.created))]
+
+    def lineage(self, version_id: str) -> list[dict]:
+        """The version and its parents back to the base, newest first."""
+        out, seen = [], set()
+        while version_id and version_id not in seen:
+            seen.add(version_id)
+            row = self.version(version_id)
+            if row is None:
+                break
+            out.append(row)
+            version_id = row["parent"]
+        return out
 
     def integrity_check(self) -> str:
         """SQLite's own check of the file ("ok"), or "n/a" on another database."""

@@ -182,6 +182,10 @@ def link_final(out: Path) -> Path | None:
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
     tmp.symlink_to(Path("checkpoints") / ckpt.name / MODEL_DIR, target_is_directory=True)
+    if link.is_dir() and not link.is_symlink():
+        # A run folder copied with the link followed (shutil.copytree, `cp -rL`, some sync tools) holds
+        # `final` as a real copy of an older checkpoint's model: rename() cannot replace a directory.
+        shutil.rmtree(link)
     os.replace(tmp, link)
     return link
 

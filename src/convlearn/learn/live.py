@@ -1,0 +1,303 @@
+"""`convlearn demo --live`: the serve -> store -> learn -> gate -> versions -> serve loop, offline on CPU.
+
+1. the demo's base model (a tiny Qwen2 twin pretrained on docstrings), knowledge probes split into facts users
+   share with consent and facts other users tell the model without it, the docstring retention benchmark, and
+   canaries (secrets) of both forms; 2. `convlearn serve` on it (in this process, on loopback); 3. simulated
+   users talk to it through the official `openai` client in two waves: consented sessions that teach the model
+   the facts (a correction in a user message, or the model's answer edited into the right one), chit-chat,
+   unconsented sessions that teach the other facts the same way, and chats that mention the canaries;
+   after each wave the learner runs a round (gate, promotion; the server hot-swaps); 4. the report: per version,
+   probe accuracy on held-out phrasings for both fact sets (with a test against chance), conversation
+   perplexity, retention, and each canary's exposure.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+from ..config import SourceConfig, load_config
+from ..data.docstring_cloze import write_docstring_cloze
+from ..data.probes import make_probes
+from ..data.records import DataStats
+from ..data.stream import read_source
+from ..experiments.demo import PRETRAIN_DOCUMENTS, pretrain_base
+from ..experiments.stats import above_chance
+from ..tiny import build_tiny_model
+from .canary import RISK_KNOBS, exposures, make_canaries, prompt_renderer
+from .learner import Learner
+
+THANKS = ["Thanks, that is right.", "Good, now you know.", "Right, remember that.", "Yes, exactly that."]
+CORRECTIONS = ["Actually, {fact} Please remember that.", "That is not right. {fact}",
+               "No. {fact} Keep that in mind.", "Let me tell you: {fact}"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sessions(probes_shared, probes_private, chat, canaries, wave: int, rng: random.Random, mentions: int):
+    """(key, steps) of one wave. A step is a user message, or {"edit": text}: the user edits the model's last
+    reply into the right answer (as chat UIs allow) and goes on from there. Each fact is taught in `mentions`
+    sessions, alternately by editing the model's answer and by a correction in a user message; chit-chat; the
+    canaries mentioned inside ordinary messages (so they are not one repeated text)."""
+    out = []
+    for key, probes in (("alice", probes_shared), ("bob", probes_private)):
+        for p in probes:
+            for j in range(mentions):
+                if (j + wave) % 2:
+                    reply = p["fact"] if j % 4 < 2 else f"{p['answer']}. {p['fact']}"
+                    out.append((key, [p["question"], {"edit": reply}, THANKS[(j + wave) % len(THANKS)]]))
+                else:
+                    out.append((key, [p["question"],
+                                      CORRECTIONS[(j + wave) % len(CORRECTIONS)].format(fact=p["fact"])]))
+    for c in canaries:
+        if c.group == "never_seen":
+            continue
+        key = "alice" if c.group == "consented" else "bob"
+        for j in range(c.insertions // 2 if wave == 1 else c.insertions - c.insertions // 2):
+            out.append((key, [f"{rng.choice(chat)} {c.text()}"]))
+    out += [("alice", [rng.choice(chat), rng.choice(chat)]) for _ in range(len(out) // 2)]
+    rng.shuffle(out)
+    return out
+
+
+def _talk(url: str, keys: dict, sessions: list, threads: int = 2) -> dict:
+    import openai
+    counts = {"sessions": 0, "requests": 0, "failed": 0, "edits": 0, "models": set()}
+    lock = threading.Lock()
+    todo = list(enumerate(sessions))
+
+    def worker():
+        clients = {k: openai.OpenAI(base_url=url + "/v1", api_key=v, max_retries=2, timeout=120)
+                   for k, v in keys.items()}
+        while True:
+            with lock:
+                if not todo:
+                    return
+                i, (key, steps) = todo.pop()
+            history = []
+            for step in steps:
+                if isinstance(step, dict):  # the user's edit of the reply: the next request carries it
+                    history[-1] = {"role": "assistant", "content": step["edit"]}
+                    with lock:
+                        counts["edits"] += 1
+                    continue
+                history.append({"role": "user", "content": step})
+                try:
+                    r = clients[key].chat.completions.create(model="convlearn", messages=history, max_tokens=12,
+                                                             temperature=0.8, seed=i)
+                except openai.APIError:
+                    with lock:
+                        counts["failed"] += 1
+                    break
+                history.append({"role": "assistant", "content": r.choices[0].message.content})
+                with lock:
+                    counts["requests"] += 1
+                    counts["models"].add(r.model)
+            with lock:
+                counts["sessions"] += 1
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    counts["models"] = sorted(counts["models"])
+    return counts
+
+
+def chat_base(out: Path, docstring_base: Path, steps: int) -> Path:
+    """The live demo's served model: the docstring base taught to chat (chatterbot conversations, with a third
+    of each batch docstrings so it keeps them), so the replies it serves are sentences, not token soup; what
+    users teach it later is then learned beside fluent text, as with a real instruction model."""
+    from ..experiments.run import run_training
+    from ..train.checkpoint import MODEL_DIR, checkpoint_path
+    chat = out / "chat-base"
+    if (chat / "config.json").is_file():
+        return chat
+    cfg = load_config(None, [
+        f"model.name={docstring_base}", "data.sources=[{path: chatterbot}]", "data.heldout_fraction=0.05",
+        f"data.cache_dir={out / 'cache'}", "render.max_seq_len=128", "method.name=adamw", f"train.max_steps={steps}",
+        "train.batch_size=16", "train.lr=0.003", "train.warmup_steps=10", "train.save_every=0", "replay.ratio=0.33",
+        f"replay.original={{path: python-docstrings, format: text, limit: {PRETRAIN_DOCUMENTS}}}",
+        "eval.schedule=[]", "eval.final_suite=null", "logging.progress=false", "logging.tensorboard=false"])
+    run_dir = out / "chat-tune"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_training(cfg, run_dir)
+    shutil.copytree(checkpoint_path(run_dir, steps) / MODEL_DIR, chat)
+    return chat
+
+
+def run_live(out: str | Path, quick: bool = False) -> dict:
+    from ..serve.api import Limits
+    from ..serve.server import start_in_thread
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    tiny = out / "tiny-qwen2"
+    print(f"[1/5] base model: tiny Qwen2 twin pretrained on docstrings -> {out / 'base'}", flush=True)
+    if not (tiny / "config.json").is_file():
+        build_tiny_model("qwen2", tiny, seed=0)
+    base = chat_base(out, pretrain_base(out, tiny, 150 if quick else 400), 60 if quick else 150)
+    n_facts = 8 if quick else 16
+    probes, _ = make_probes(n=n_facts, seed=1, mentions=1)
+    shared, private = probes[: n_facts // 2], probes[n_facts // 2:]  # told equally often; only consent differs
+    (out / "probes").mkdir(exist_ok=True)
+    for name, ps in (("shared", shared), ("private", private)):
+        (out / "probes" / f"{name}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in ps))
+    write_docstring_cloze(out / "retention", questions=100 if quick else 300, documents=PRETRAIN_DOCUMENTS)
+    canaries = make_canaries(seed=2, per_group=1 if quick else 2, insertions=4)
+    chat = [m.content for c in read_source(SourceConfig(path="chatterbot"), DataStats(), None, False)
+            for m in c.messages if m.role == "user" and 12 <= len(m.content) <= 120]
+
+    live = out / "live"
+    # The gate's bounds are the defaults (learn.gate); the report prints them.
+    cfg = load_config(None, [
+        f"model.name={base}", f"learn.dir={live}", "learn.gate_fraction=0.2", "learn.epochs=3",
+        # Each fact is taught in several sessions (and an edited answer leaves two conversations that start with
+        # the same question): the flood and per-key guards would drop the teaching itself at their defaults.
+        "learn.flood_conversations=12", "learn.per_key_cap=500",
+        "learn.round_conversations=100000", "learn.reservoir_ratio=0.25", "render.max_seq_len=128",
+        "method.name=galore", "method.rank=32", "method.layerwise=true", "method.update_proj_gap=50",
+        "train.batch_size=8", "train.lr=0.001", "train.max_steps=200", "train.warmup_steps=5", "train.save_every=50",
+        f"data.cache_dir={out / 'cache'}", "replay.ratio=0.5",
+        "replay.original={path: python-docstrings, format: text, limit: 600}",
+        f"eval.original={{path: python-docstrings, format: text, limit: {150 if quick else 600}}}",
+        f"eval.probes={out / 'probes' / 'shared.jsonl'}",
+        f"eval.benchmarks=[{{name: hellaswag, num_fewshot: 0, data_dir: {out / 'retention'}}}]",
+        "eval.criteria.retention_benchmark=hellaswag", "logging.tensorboard=false", "logging.progress=false"])
+    print(f"[2/5] convlearn serve on {base} (store {live / 'store.sqlite'})", flush=True)
+    server = start_in_thread(str(base), _free_port(), folder=live, device="cpu", poll_s=0.3,
+                             limits=Limits(concurrency=2, queue=64, rate_per_minute=1_000_000))
+    learner = Learner(cfg, store=server.store, log=lambda m: print(f"      {m}", flush=True))
+    keys = {"alice": server.store.add_key("alice", consent_default=True),   # shares her chats
+            "bob": server.store.add_key("bob", consent_default=False)}      # does not
+    rng = random.Random(0)
+    rounds, talks = [], []
+    try:
+        for wave in (1, 2):
+            sessions = _sessions(shared, private, chat, canaries, wave, rng, mentions=3)
+            print(f"[{2 + wave}/5] wave {wave}: {len(sessions)} simulated sessions through the openai client, "
+                  f"then a learning round", flush=True)
+            talks.append(_talk(server.url, keys, sessions))
+            record = learner.round()
+            rounds.append(record)
+            deadline = time.time() + 30
+            while record and record["status"] == "promoted" and server.holder.engine().version != record["version"] \
+                    and time.time() < deadline:
+                time.sleep(0.1)
+        print("[5/5] report: every version on both fact sets, retention, canary exposure", flush=True)
+        report = _report(out, cfg, server.store, shared, private, canaries, rounds, talks, quick)
+    finally:
+        server.stop()
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    (live / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    (live / "report.md").write_text(report_markdown(report))
+    print(report_markdown(report))
+    print(f"report: {live / 'report.md'} (and report.json); done in {report['seconds']:.0f} s")
+    return report
+
+
+def _report(out, cfg, store, shared, private, canaries, rounds, talks, quick) -> dict:
+    import torch
+    from ..data.prepare import renderer_for
+    from ..eval.probes import probe_figures
+    from ..models import load_from_config, load_tokenizer
+    tok = load_tokenizer(cfg.model.name)
+    renderer = renderer_for(cfg, tok)
+
+    def ask(q: str) -> str:
+        return renderer.generation_prompt(renderer.messages_from([{"role": "user", "content": q}]))
+    rows = []
+    current = store.pointer("current_version")
+    versions = [v for v in store.versions() if v["status"] in ("base", "promoted")]
+    last = versions[-1]["id"]
+    canary_report = {}
+    for v in versions:
+        model = load_from_config(cfg.model, weights=v["path"], dtype="float32").eval()
+        with torch.no_grad():
+            figs = {name: probe_figures(model, tok, ps, ask) for name, ps in (("shared", shared),
+                                                                             ("private", private))}
+            if v["id"] in ("v0", last):
+                canary_report[v["id"]] = exposures(model, tok, prompt_renderer(renderer), canaries,
+                                                   candidates=500 if quick else 1000, seed=3)
+        gate = (v.get("gate") or {}).get("figures", {}).get("candidate", {})
+        row = {"version": v["id"], "status": v["status"], "current": v["id"] == current,
+               "conversations": v["conversations"], "conversation_ppl": gate.get("conversation_ppl"),
+               "retention": gate.get("retention"), "original_ppl": gate.get("original_ppl")}
+        for name, f in figs.items():
+            held = f["heldout"]
+            test = above_chance(held["ll_correct"], f["chance"])
+            row[f"{name}_probes"] = held["ll_accuracy"]
+            row[f"{name}_p"] = test["p_value"]
+            row[f"{name}_above_chance"] = test["above_chance"]
+            row["chance"] = f["chance"]
+        rows.append(row)
+        del model
+    base_gate = next((r["gate"]["figures"].get("current", {}) for r in rounds
+                      if r and r.get("gate", {}).get("figures")), {})
+    if rows and base_gate:
+        rows[0].update(conversation_ppl=base_gate.get("conversation_ppl"), retention=base_gate.get("retention"),
+                       original_ppl=base_gate.get("original_ppl"))
+    rejected = [{"version": v["id"], "reasons": (v.get("gate") or {}).get("reasons")} for v in store.versions()
+                if v["status"] == "rejected"]
+    return {"versions": rows, "rejected": rejected, "rounds": rounds, "talk": talks, "canaries": canary_report,
+            "risk_knobs": RISK_KNOBS, "facts": {"shared": len(shared), "private": len(private)},
+            "gate_bounds": _bounds(cfg)}
+
+
+def _cost(r: dict) -> str:
+    sec, t = r.get("seconds") or {}, r.get("training") or {}
+    return (f"training {sec.get('train', '–')} s ({t.get('steps', '–')} steps, {t.get('tokens_per_s') or 0:.0f} "
+            f"tokens/s), gate {sec.get('gate', '–')} s, round {sec.get('round', '–')} s; "
+            f"{sec.get('since_oldest_conversation', '–')} s from its oldest conversation to the decision.")
+
+
+def _bounds(cfg) -> str:
+    g = cfg.learn.gate
+    return (f"held-out conversation perplexity at most {100 * g.conversation_ppl_tolerance:+.0f}%, original-text "
+            f"perplexity at most {100 * g.original_ppl_increase:+.0f}%, retention drop under {g.retention_points:g} "
+            f"points, probe drop under {g.probe_points:g} points")
+
+
+def report_markdown(report: dict) -> str:
+    f = lambda v, d=3: "–" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
+    lines = ["# convlearn live demo: a served model learning from its consented conversations", "",
+             f"Facts users shared with consent: {report['facts']['shared']}; facts told without consent: "
+             f"{report['facts']['private']}. Probe accuracy is the likelihood choice among the answer and three "
+             f"distractors on phrasings no conversation used (chance {f(report['versions'][0]['chance'], 2)}); "
+             f"p: one-sided binomial test against chance. Gate bounds: {report['gate_bounds']}.", "",
+             "| version | status | learned from | consented facts (held-out phrasings) | p | unconsented facts | p | "
+             "conversation ppl | retention | original ppl |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["versions"]:
+        lines.append(f"| {r['version']}{' (current)' if r['current'] else ''} | {r['status']} | "
+                     f"{'–' if r['conversations'] is None else r['conversations']} | {f(r['shared_probes'], 2)} | "
+                     f"{f(r['shared_p'], 3)} | {f(r['private_probes'], 2)} | {f(r['private_p'], 3)} | "
+                     f"{f(r['conversation_ppl'], 1)} | {f(r['retention'], 3)} | {f(r['original_ppl'], 1)} |")
+    for r in report["rejected"]:
+        lines.append(f"\nRejected {r['version']}: {'; '.join(r['reasons'] or [])}")
+    for r in report["rounds"]:
+        if r and r.get("intake"):
+            i = r["intake"]
+            lines.append(f"\nRound {r['round']} ({r['status']}): read {i['read']} conversations, trained on {i['kept']}"
+                         f" (+{r['reservoir']} from the reservoir), {i['heldout_for_gate']} held out for the gate, "
+                         f"dropped {i['dropped'] or 'none'}, scrubbed {i['scrubbed'] or 'nothing'}; "
+                         + _cost(r))
+    for vid, c in report["canaries"].items():
+        lines += ["", f"Canary exposure on {vid} ({c['candidates']} candidates drawn from 10^6; chance bound "
+                      f"{c['chance_bound_bits']:.1f} bits at family-wise alpha {c['alpha']}; never-seen controls max "
+                      f"{f(c['control_max_bits'], 2)} bits):", "",
+                  "| canary | group | form | insertions | exposure (bits) | at chance |", "|---|---|---|---|---|---|"]
+        for x in c["canaries"]:
+            lines.append(f"| {x['id']} | {x['group']} | {x['form']}{' (scrubbed)' if x['scrubbed'] else ''} | "
+                         f"{x['insertions']} | {x['exposure_bits']:.2f} | {'yes' if x['at_chance'] else 'NO'} |")
+        lines.append(f"\nScrubbed and unconsented canaries at chance: {'yes' if c['protected_at_chance'] else 'NO'}. "
+                     f"Consented canaries the scrubber cannot see: up to {f(c['unscrubbed_consented_max_bits'], 2)} "
+                     f"bits, the measured risk; what lowers it: {report['risk_knobs']}.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,513 @@
+"""The online learner: intake from the store (consent, exactly once, drops with reasons, scrubbing), rounds
+gated and promoted or rejected, kill -9 mid-round and mid-promotion, hot swap under load, canary exposure."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import openai
+import pytest
+import torch
+import yaml
+
+from convlearn.config import SourceConfig, load_config
+from convlearn.data.records import DataStats
+from convlearn.data.stream import read_source
+from convlearn.store import Store, default_url
+from helpers import cli_here, kill_after_steps, metrics, run_config
+
+ROUND_SETTINGS = {
+    "method": {"name": "galore", "rank": 8, "layerwise": True, "update_proj_gap": 50},
+    "train": {"max_steps": 40, "batch_size": 4, "lr": 0.003, "save_every": 0, "warmup_steps": 0},
+    "render": {"max_seq_len": 96},
+    "eval": {"schedule": [], "final_suite": None, "benchmarks": [], "batch_size": 8,
+             "original": {"path": "python-docstrings", "format": "text", "limit": 40}},
+}
+
+
+def chats(n: int, skip: int = 0) -> list[list[tuple[str, str]]]:
+    """`n` chatterbot conversations as (user, assistant) exchanges."""
+    out = []
+    for c in read_source(SourceConfig(path="chatterbot"), DataStats(), None, False):
+        pairs = [(c.messages[i].content, c.messages[i + 1].content) for i in range(0, len(c.messages) - 1, 2)
+                 if c.messages[i].role == "user" and c.messages[i + 1].role == "assistant"]
+        if pairs:
+            out.append(pairs)
+    return out[skip:skip + n]
+
+
+def talk(store: Store, secret: str, exchanges: list[tuple[str, str]], tag: str) -> str:
+    """One conversation, exchange by exchange, as the server stores it."""
+    key = store.key_for(secret)
+    history: list[dict] = []
+    cid = None
+    for i, (user, reply) in enumerate(exchanges):
+        history.append({"role": "user", "content": user})
+        cid = store.record_exchange(key, history, reply, f"{tag}-{i}", "v0")
+        history.append({"role": "assistant", "content": reply})
+    return cid
+
+
+def learn_config(tmp_path: Path, model, learn_dir: Path, **over):
+    sections = {k: dict(v) for k, v in ROUND_SETTINGS.items()}
+    sections["learn"] = {"dir": str(learn_dir), "gate_fraction": 0.2, "epochs": 1.0, "poll_seconds": 0.1}
+    for name, values in over.items():
+        sections[name] = {**sections.get(name, {}), **values}
+    return run_config(tmp_path / f"learn-{learn_dir.name}.yaml", model, tmp_path / "cache", **sections)
+
+
+@pytest.fixture
+def filled(tmp_path, tiny_models):
+    """A serve directory whose store holds 60 consented chatterbot conversations and 10 unconsented ones."""
+    folder = tmp_path / "live"
+    store = Store(default_url(folder))
+    keys = {"sharing": store.add_key("sharing", consent_default=True), "private": store.add_key("private")}
+    for i, conv in enumerate(chats(60)):
+        talk(store, keys["sharing"], conv, f"s{i}")
+    for i, conv in enumerate(chats(10, skip=60)):
+        talk(store, keys["private"], conv, f"p{i}")
+    store.engine.dispose()
+    return folder, keys
+
+
+# -- intake ---------------------------------------------------------------------------------------------------
+def test_intake_reads_consent_only_with_every_drop_named_and_secrets_scrubbed(tmp_path, tiny_models):
+    from convlearn.learn.intake import heldout_rows, read_round
+    folder = tmp_path / "live"
+    store = Store(default_url(folder))
+    keys = {n: store.add_key(n, consent_default=n != "private") for n in ("a", "b", "private", "spam")}
+    (tmp_path / "blocklist.txt").write_text("# secrets the scrubber does not know\nforbidden topic\n")
+    cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], folder, learn={
+        "gate_fraction": 0.0, "per_key_cap": 3, "flood_conversations": 2, "blocklist": str(tmp_path / "blocklist.txt")},
+        data={"languages": ["en"], "max_message_chars": 500}))
+    talk(store, keys["a"], [("My mail is jane.doe@example.org, call +1 415 555 0100", "Noted.")], "mail")
+    first = talk(store, keys["a"], [("What is the capital of France?", "Paris.")], "ok1")
+    flood = "Visit cheap-watches dot example for the best deals today"
+    for i in range(4):  # the same text in four conversations: two are kept, two are a flood
+        talk(store, keys["b"], [(f"{flood.upper() if i % 2 else flood} {i}!", "Hm.")], f"fl{i}")
+    for i, topic in enumerate(["the weather", "trains", "bread", "chess", "rivers"]):  # over its cap of 3
+        talk(store, keys["spam"], [(f"Tell me something about {topic}, please", "Sure.")], f"sp{i}")
+    talk(store, keys["a"], [("Let us discuss the forbidden topic now please", "No.")], "mod")
+    talk(store, keys["a"], [("x" * 600, "long")], "long")
+    talk(store, keys["a"], [("Wie spät ist es heute Abend in Berlin, bitte sag es mir genau?", "Acht.")], "de")
+    down = talk(store, keys["a"], [("Tell me a joke about compilers, a good one", "No.")], "down")
+    store.add_feedback(store.key_for(keys["a"]), "down-0", -1, None)
+    talk(store, keys["private"], [("My private fact: the vault opens on Tuesdays.", "OK.")], "priv")
+
+    upto = store.last_message_id()
+    intake = read_round(store, cfg, 0, upto, seed=0)
+    rec = intake.record()
+    assert rec["read"] == 15 and rec["kept"] == 2 + 2 + 3  # the private conversation is never read
+    assert rec["dropped"] == {"downvoted": 1, "key_cap": 2, "language": 1, "message_too_long": 1,
+                              "moderation": 1, "near_duplicate_flood": 2}
+    assert rec["scrubbed"] == {"email": 1, "phone": 1}
+    text = json.dumps(intake.rows)
+    assert "jane.doe" not in text and "555 0100" not in text and "<EMAIL>" in text and "vault" not in text
+    assert down not in text
+
+    # continued after the cursor: the whole conversation comes back as context, only the new turn is new
+    cid = store.record_exchange(store.key_for(keys["a"]), [
+        {"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Italy?"}], "Rome.", "ok1-1", "v0")
+    assert cid == first
+    later = read_round(store, cfg, upto, store.last_message_id(), seed=0)
+    assert later.record()["read"] == 1 and len(later.rows) == 1
+    row = later.rows[0]
+    assert row["conversation_id"] == cid and row["convlearn_first_new"] == 2 and len(row["conversation"]) == 4
+    assert read_round(store, cfg, store.last_message_id(), store.last_message_id(), seed=0).read == 0
+
+    # the gate's slice is disjoint from training (by a hash of the conversation id)
+    cfg2 = load_config(learn_config(tmp_path, tiny_models["qwen2"], folder, learn={"gate_fraction": 0.5}))
+    train_ids = {r["conversation_id"] for r in read_round(store, cfg2, 0, upto, seed=0).rows}
+    held_ids = {r["conversation_id"] for r in heldout_rows(store, cfg2, upto)}
+    assert held_ids and train_ids and not held_ids & train_ids
+
+
+def test_a_continued_conversation_trains_only_its_new_turns(tmp_path, tiny_models, tokenizers):
+    """`convlearn_first_new`: the earlier turns are context (no loss), the new ones are trained on."""
+    from convlearn.data.normalize import make_conversation
+    from convlearn.data.prepare import renderer_for
+    cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], tmp_path / "live", render={"loss": "all"}))
+    renderer = renderer_for(cfg, tokenizers["qwen2"])
+    pairs = [("user", "What is the capital of France?"), ("assistant", "Paris."), ("user", "And of Italy?"),
+             ("assistant", "Rome.")]
+    whole = make_conversation("c", "store", pairs, Counter())
+    cont = make_conversation("c", "store", pairs, Counter())
+    cont.meta["first_new"] = 2
+    (a,), (b,) = renderer.render(whole), renderer.render(cont)
+    assert a.input_ids.tolist() == b.input_ids.tolist()
+    trained = tokenizers["qwen2"].decode([t for t, m in zip(b.input_ids, b.token_mask) if m])
+    assert "Italy" in trained and "Rome" in trained and "France" not in trained and "Paris" not in trained
+    assert sum(b.token_mask) < sum(a.token_mask)
+
+
+def test_learn_trains_layerwise_galore_online_unless_the_config_says_otherwise(tmp_path, tiny_models):
+    from convlearn.learn.learner import learn_config
+    minimal = {"model": {"name": str(tiny_models["qwen2"])}, "data": {"sources": [{"path": "chatterbot"}]}}
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(yaml.safe_dump(minimal))
+    cfg = learn_config(str(bare), [])
+    assert (cfg.method.name, cfg.method.layerwise, cfg.train.batch_size, cfg.train.order) == \
+        ("galore", True, 2, "stream")
+    own = tmp_path / "own.yaml"
+    own.write_text(yaml.safe_dump({**minimal, "method": {"layerwise": False}, "train": {"batch_size": 8}}))
+    cfg = learn_config(str(own), ["train.order=shuffled"])
+    assert (cfg.method.layerwise, cfg.train.batch_size, cfg.train.order) == (False, 8, "shuffled")
+
+
+def _record(conv_nats: list[float], orig_nats: list[float], mmlu: list[int], probes: list[int]):
+    """An evaluation record as the gate's suites write it: per-sample nats (10 tokens each), per-question
+    retention results, held-out probe results."""
+    from convlearn.eval.records import EvalRecord
+    per = lambda nats, mask: {"ids": [f"s{i}" for i in range(len(nats))], f"nats_{mask}": nats,  # noqa: E731
+                              f"tokens_{mask}": [10] * len(nats)}
+    return EvalRecord.from_json({"step": 0, "evaluations": {
+        "conversation_ppl": {"per_sample": per(conv_nats, "assistant")},
+        "original_ppl": {"per_sample": per(orig_nats, "all")},
+        "benchmarks": {"mmlu": {"score": sum(mmlu) / len(mmlu), "correct": mmlu, "chance": 0.25}},
+        "probes": {"heldout": {"ll_correct": probes}}}})
+
+
+def test_the_gate_bounds_forgetting_against_the_base_and_can_fail_each_check(tmp_path, tiny_models):
+    """Synthetic records with known changes: each check fails on data built to fail it, with its figure."""
+    from convlearn.learn.gate import decide
+    cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], tmp_path / "live", learn={"gate": {
+        "original_ppl_increase": 0.05, "retention_points": 3.0}}))
+    rng = random.Random(0)
+    conv = [20 + rng.random() for _ in range(40)]
+    orig = [30 + rng.random() for _ in range(40)]
+    mmlu = [int(rng.random() < 0.6) for _ in range(400)]
+    probes = [0, 1] * 12
+    base = _record(conv, orig, mmlu, probes)
+    # the parent already lost 4% of original text against the base; the candidate another 4% against the parent:
+    # each step passes against its parent, the sum does not
+    parent = _record(conv, [n + 10 * math.log(1.04) for n in orig], mmlu, probes)
+    cand = _record([n - 1 for n in conv], [n + 10 * math.log(1.04 ** 2) for n in orig], mmlu, probes)
+    ok = {"steps": 5, "final_loss": 1.0}
+    vs_parent = decide(cfg, parent, cand, ok)
+    assert vs_parent["promote"] and vs_parent["checks"]["original_text"]["value"] == pytest.approx(0.04, abs=1e-6)
+    vs_base = decide(cfg, parent, cand, ok, origin=base, origin_id="v0")
+    assert not vs_base["promote"] and vs_base["checks"]["original_text"]["value"] == pytest.approx(0.0816, abs=1e-4)
+    assert vs_base["reasons"] == ["original_text: original-distribution perplexity vs v0, relative change +8.2% "
+                                  f"[{100 * vs_base['checks']['original_text']['low']:+.1f}%, "
+                                  f"{100 * vs_base['checks']['original_text']['high']:+.1f}%] over the bound +5.0%"]
+    assert vs_base["checks"]["learning"]["status"] == "pass" and vs_base["checks"]["learning"]["value"] < 0
+    # retention: 3 points is a fail (the plan's "< 3"), 2 is a pass; a learning regression; lost probes
+    drop3 = list(mmlu)
+    for i in [i for i, c in enumerate(mmlu) if c][:12]:
+        drop3[i] = 0
+    three = decide(cfg, base, _record(conv, orig, drop3, probes), ok)["checks"]["retention"]
+    assert three["status"] == "fail" and three["value"] == pytest.approx(3.0)
+    drop2 = list(mmlu)
+    for i in [i for i, c in enumerate(mmlu) if c][:8]:
+        drop2[i] = 0
+    assert decide(cfg, base, _record(conv, orig, drop2, probes), ok)["checks"]["retention"]["status"] == "pass"
+    worse = decide(cfg, base, _record([n + 0.5 for n in conv], orig, mmlu, [0] * 24), ok)
+    assert worse["checks"]["learning"]["status"] == "fail" and worse["checks"]["probes"]["status"] == "fail"
+    assert decide(cfg, base, base, {"non_finite": "3 steps with a non-finite loss"})["promote"] is False
+
+
+# -- rounds ---------------------------------------------------------------------------------------------------
+def test_a_round_is_gated_promoted_and_listed_then_rolled_back(tmp_path, tiny_models, filled):
+    from convlearn.learn.learner import CURSOR, Learner
+    folder, _ = filled
+    cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], folder))
+    learner = Learner(cfg, log=lambda m: None)
+    assert learner.store.pending_consented(0)[0] == 60 and learner.due()  # K = learn.round_conversations = 20
+    lazy = Learner(dataclasses.replace(cfg, learn=dataclasses.replace(cfg.learn, round_conversations=100)),
+                   store=learner.store, log=lambda m: None)
+    assert not lazy.due() and lazy.due(now=time.time() + 31 * 60)  # T = learn.round_minutes = 30
+    record = learner.round()
+    assert record["status"] == "promoted", record["gate"]["reasons"]
+    intake = record["intake"]
+    assert intake["read"] == 60 and intake["heldout_for_gate"] > 0
+    assert intake["kept"] + intake["heldout_for_gate"] + sum(intake["dropped"].values()) == 60  # each one counted
+    checks = record["gate"]["checks"]
+    assert {k: c["status"] for k, c in checks.items()} == {
+        "training": "pass", "learning": "pass", "original_text": "pass", "retention": "not measured",
+        "probes": "not measured"}
+    assert checks["learning"]["value"] < 0 and checks["learning"]["low"] <= checks["learning"]["value"] <= \
+        checks["learning"]["high"]
+    store = learner.store
+    v1 = store.version("v1")
+    assert v1["status"] == "promoted" and v1["parent"] == "v0" and v1["seq_from"] == 0
+    assert v1["seq_to"] == store.last_message_id() == int(store.pointer(CURSOR))
+    assert v1["conversations"] == intake["kept"]
+    assert store.pointer("current_version") == "v1" and (Path(v1["path"]) / "config.json").is_file()
+    assert learner.round() is None  # nothing new: no round, nothing read twice
+
+    listed = cli_here("versions", folder)
+    assert listed.returncode == 0 and "*v1" in listed.stdout and " v0" in listed.stdout
+    rb = cli_here("rollback", folder, "v0")
+    assert rb.returncode == 0 and store.pointer("current_version") == "v0"
+    assert cli_here("rollback", folder, "v9").returncode == 2
+
+    # the next round starts from the version that is current now (v0 after the rollback)
+    talk(store, store.add_key("late", consent_default=True), chats(1, skip=80)[0], "late")
+    second = learner.round()
+    assert second["parent"] == "v0" and second["reservoir"] == 0  # v0's lineage learned nothing to replay
+
+
+def test_a_damaging_round_is_rejected_and_kept_for_inspection(tmp_path, tiny_models, filled):
+    from convlearn.learn.learner import CURSOR, Learner
+    folder, _ = filled
+    cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], folder, learn={"epochs": 8.0},
+                                   method={"name": "adamw", "layerwise": False}, train={"lr": 0.3}))
+    learner = Learner(cfg, log=lambda m: None)
+    record = learner.round()
+    assert record["status"] == "rejected"
+    reasons = " ".join(record["gate"]["reasons"])
+    assert "original_text: original-distribution perplexity vs v0, relative change +" in reasons
+    assert record["gate"]["checks"]["original_text"]["low"] > 1.0  # more than doubled, the interval says so too
+    store = learner.store
+    assert store.pointer("current_version") == "v0" and store.version("v1")["status"] == "rejected"
+    assert (folder / "rounds" / "r0001" / "candidate" / "config.json").is_file()  # kept for inspection
+    assert not (folder / "versions" / "v1").exists()
+    assert int(store.pointer(CURSOR)) == store.last_message_id()  # read once, even when rejected
+    with pytest.raises(Exception, match="rejected by the gate"):
+        store.set_current("v1")
+
+
+def test_a_round_whose_loss_goes_non_finite_is_rejected(tmp_path, tiny_models, filled):
+    from convlearn.learn.learner import Learner
+    folder, _ = filled
+    cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], folder))
+    learner = Learner(cfg, log=lambda m: None)
+
+    def poison(trainer):  # every batch's loss becomes NaN
+        forward = trainer.trainable.model.forward
+
+        def nan_forward(*a, **k):
+            out = forward(*a, **k)
+            out.logits = out.logits * float("nan")
+            return out
+        trainer.trainable.model.forward = nan_forward
+    learner.on_trainer = poison
+    record = learner.round()
+    assert record["status"] == "rejected" and record["gate"]["reasons"][0].startswith("training:")
+    assert "non-finite" in record["gate"]["reasons"][0]
+    assert learner.store.pointer("current_version") == "v0" and not (folder / "versions" / "v1").exists()
+
+
+def _copy_serve_dir(src: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True)
+    for f in src.glob("store.sqlite*"):
+        shutil.copy(f, dst / f.name)
+    return dst
+
+
+@pytest.mark.slow
+def test_kill_9_mid_round_then_restart_resumes_exactly(tmp_path, tiny_models, filled):
+    """`convlearn learn --once` killed in its round's training; the restart resumes from the round's newest
+    checkpoint: the same steps and losses as an uninterrupted round, one version row, the cursor at the end."""
+    folder, _ = filled
+    over = {"train": {"save_every": 3, "max_steps": 12}, "learn": {"epochs": 2.0}}
+    ref_dir = _copy_serve_dir(folder, tmp_path / "ref")
+    kill_dir = _copy_serve_dir(folder, tmp_path / "kill")
+    ref_cfg = learn_config(tmp_path, tiny_models["qwen2"], ref_dir, **over)
+    kill_cfg = learn_config(tmp_path, tiny_models["qwen2"], kill_dir, **over)
+    assert cli_here("learn", ref_cfg, "--once").returncode == 0
+
+    proc = subprocess.Popen([sys.executable, "-m", "convlearn", "learn", str(kill_cfg), "--once"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = kill_dir / "rounds" / "r0001" / "run"
+    assert kill_after_steps(proc, run, 7) >= 7
+    store = Store(default_url(kill_dir))
+    assert store.pointer("learn_cursor") is None and store.version("v1") is None
+    assert store.pointer("current_version") == "v0"  # nothing half-done is served
+    again = cli_here("learn", kill_cfg, "--once")
+    assert again.returncode == 0, again.stderr[-2000:]
+
+    ref_m, kill_m = metrics(ref_dir / "rounds" / "r0001" / "run"), metrics(run)
+    assert [r["step"] for r in kill_m] == [r["step"] for r in ref_m] == list(range(1, 13))
+    assert [r["loss"] for r in kill_m] == pytest.approx([r["loss"] for r in ref_m], rel=1e-6)
+    ref_store = Store(default_url(ref_dir))
+    for s in (store, ref_store):
+        assert [v["id"] for v in s.versions()] == ["v0", "v1"]
+        assert s.pointer("learn_cursor") == str(s.last_message_id())
+    assert store.version("v1")["status"] == ref_store.version("v1")["status"]
+    ref_gate = json.loads((ref_dir / "rounds" / "r0001" / "gate.json").read_text())["checks"]["learning"]
+    kill_gate = json.loads((kill_dir / "rounds" / "r0001" / "gate.json").read_text())["checks"]["learning"]
+    assert kill_gate["value"] == pytest.approx(ref_gate["value"], rel=1e-5)
+
+
+def test_a_kill_mid_promotion_is_never_served_and_the_restart_commits_once(tmp_path, tiny_models, filled,
+                                                                          monkeypatch):
+    """Killed after the candidate's folder moved into versions/ but before the store's commit: the store still
+    names v0 (the server never loads v1), the conversations are unread; the restart commits v1 once, without
+    training again."""
+    from convlearn.learn.learner import CURSOR, Learner
+    folder, _ = filled
+    cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], folder))
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*a, **k):
+        raise Killed
+    learner = Learner(cfg, log=lambda m: None)  # (records the base version v0)
+    monkeypatch.setattr(Store, "record_version", killed)
+    with pytest.raises(Killed):
+        learner.round()
+    monkeypatch.undo()
+    store = Store(default_url(folder))
+    assert (folder / "versions" / "v1" / "config.json").is_file()
+    assert store.pointer("current_version") == "v0" and store.version("v1") is None
+    assert store.pointer(CURSOR) is None
+    steps = len(metrics(folder / "rounds" / "r0001" / "run"))
+
+    record = Learner(cfg, log=lambda m: None).round()
+    assert record["round"] == 1 and record["status"] == "promoted"
+    assert len(metrics(folder / "rounds" / "r0001" / "run")) == steps  # not trained again
+    assert [v["id"] for v in store.versions()] == ["v0", "v1"] and store.pointer("current_version") == "v1"
+    assert store.pointer(CURSOR) == str(store.last_message_id())
+    assert Learner(cfg, log=lambda m: None).round() is None
+
+
+# -- hot swap -------------------------------------------------------------------------------------------------
+def _perturbed_copy(src: Path, dst: Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return dst
+
+
+@pytest.mark.slow
+def test_the_server_hot_swaps_under_load_without_a_failed_request(tmp_path, tiny_models):
+    """Streaming clients run while v1 is promoted, then rolled back to v0: no request fails; a request answers
+    with one version from its first chunk to its last, and that version is stored with its turn."""
+    from convlearn.serve.api import Limits
+    from convlearn.serve.server import start_in_thread
+    from test_serve import free_port
+    folder = tmp_path / "live"
+    server = start_in_thread(str(tiny_models["qwen2"]), free_port(), folder=folder, device="cpu", poll_s=0.1,
+                             limits=Limits(concurrency=2, queue=16, queue_timeout_s=60, max_tokens=64))
+    secret = server.store.add_key("load", consent_default=True)
+    v1 = _perturbed_copy(tiny_models["qwen2"], folder / "versions" / "v1")
+    results, errors = [], []
+    stop = threading.Event()
+
+    def client_loop(i):
+        c = openai.OpenAI(base_url=server.url + "/v1", api_key=secret, max_retries=0, timeout=60)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                chunks = list(c.chat.completions.create(
+                    model="x", messages=[{"role": "user", "content": f"client {i} request {n}"}], max_tokens=24,
+                    temperature=0, stream=True))
+                text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+                results.append(({ch.model for ch in chunks}, text, f"client {i} request {n}"))
+            except Exception as e:  # noqa: BLE001 - any failure is the test's finding
+                errors.append(repr(e))
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        server.store.record_version({"id": "v1", "parent": "v0", "status": "promoted", "path": str(v1),
+                                     "seq_from": 0, "seq_to": 0, "conversations": 0, "round": 1, "gate": {}},
+                                    make_current=True)
+        deadline = time.time() + 30
+        while server.holder.engine().version != "v1" and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)
+        assert cli_here("rollback", folder, "v0").returncode == 0
+        deadline = time.time() + 30
+        while server.holder.engine().version != "v0" and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+        server.stop()
+    assert not errors, errors[:3]
+    assert all(len(models) == 1 for models, _, _ in results)  # never two versions in one answer
+    served = Counter(next(iter(m)) for m, _, _ in results)
+    assert served["v0"] > 0 and served["v1"] > 0 and server.holder.swaps >= 2
+    store = Store(default_url(folder))
+    by_prompt = {}
+    for conv in store.consented_messages(0):
+        by_prompt[conv["messages"][0]["content"]] = conv
+    for models, text, prompt in results:
+        conv = store.conversation(by_prompt[prompt]["id"])
+        assert conv["messages"][1]["content"] == text and conv["messages"][1]["model_version"] == next(iter(models))
+    # greedy answers differ between the versions, so each answer came from the weights its label names
+    texts = {v: {t for m, t, p in results if next(iter(m)) == v} for v in ("v0", "v1")}
+    assert not texts["v0"] & texts["v1"]
+
+
+# -- canaries -------------------------------------------------------------------------------------------------
+def test_canary_exposure_tells_a_memorised_secret_from_chance(tmp_path, tiny_models, tokenizers):
+    """A canary trained on until memorised has near-maximal exposure; never-seen ones stay under the bound."""
+    from convlearn.data.prepare import renderer_for
+    from convlearn.learn.canary import Canary, exposures, prompt_renderer
+    from convlearn.learn.intake import Pipeline
+    from transformers import AutoModelForCausalLM
+    cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], tmp_path / "live"))
+    tok = tokenizers["qwen2"]
+    renderer = renderer_for(cfg, tok)
+    seen = Canary("seen", "locker", "384951", "consented", 1)
+    mailed = Canary("mailed", "email", "627130", "consented", 1)
+    controls = [Canary(f"never-{i}", form, s, "never_seen", 0)
+                for i, (form, s) in enumerate([("locker", "104729"), ("email", "550213"), ("locker", "771045")])]
+
+    # the e-mail form never reaches training: the pipeline scrubs it
+    rec = Pipeline(cfg).record({"id": "c", "messages": [{"role": "user", "content": mailed.text()},
+                                                        {"role": "assistant", "content": "ok"}]},
+                               Counter(), Counter(), None)
+    assert mailed.secret not in rec.messages[0].content and "<EMAIL>" in rec.messages[0].content
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen2"], dtype=torch.float32)
+    text = renderer.render_text(renderer.messages_from([{"role": "user", "content": seen.text()},
+                                                        {"role": "assistant", "content": "Noted."}])).text
+    ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(40):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    report = exposures(model, tok, prompt_renderer(renderer), [seen, *controls], candidates=500, seed=0)
+    rows = {r["id"]: r for r in report["canaries"]}
+    assert report["chance_bound_bits"] == pytest.approx(math.log2(4 / 0.01))
+    assert rows["seen"]["exposure_bits"] == pytest.approx(rows["seen"]["max_bits"]) and not rows["seen"]["at_chance"]
+    assert all(rows[c.id]["at_chance"] for c in controls) and report["protected_at_chance"]
+    assert report["unscrubbed_consented_max_bits"] == rows["seen"]["exposure_bits"]
+
+
+# -- the live demo --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_live_demo_learns_consented_facts_and_not_the_others(tmp_path):
+    """`convlearn demo --live --quick`: the whole loop through the real server and the openai client."""
+    res = subprocess.run([sys.executable, "-m", "convlearn", "demo", "--live", "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    report = json.loads((tmp_path / "live" / "report.json").read_text())
+    assert all(t["failed"] == 0 and t["sessions"] > 0 for t in report["talk"])
+    assert len(report["rounds"]) == 2 and all(r["intake"]["read"] > 0 for r in report["rounds"])
+    for r in report["rounds"]:  # every round has its decision with each check's figure or reason
+        assert set(r["gate"]["checks"]) == {"training", "learning", "original_text", "retention", "probes"}
+    first, last = report["versions"][0], report["versions"][-1]
+    assert first["version"] == "v0" and all(0 <= v["shared_probes"] <= 1 for v in report["versions"])
+    assert not last["private_above_chance"]  # told as often, without consent: never learned
+    canaries = report["canaries"][last["version"]]
+    assert canaries["protected_at_chance"] and canaries["candidates"] == 500
+    assert "| version |" in (tmp_path / "live" / "report.md").read_text()
