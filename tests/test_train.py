@@ -118,7 +118,9 @@ def _losses_and_norms(out):
 @pytest.mark.parametrize("accumulation", ["lowrank", "full"])
 def test_layerwise_with_accumulation_equals_plain_galore(base, accumulation):
     root, cfg = base
-    common = ["train.grad_accum=3", "train.batch_size=2", "train.max_steps=9", "train.max_grad_norm=null",
+    # 6 steps: refreshes at steps 1 and 5, low-rank accumulation between them. Longer runs drift apart by float
+    # rounding alone (below), which Adam amplifies chaotically: 2% in a grad norm by step 9 on one CPU, 0 on another.
+    common = ["train.grad_accum=3", "train.batch_size=2", "train.max_steps=6", "train.max_grad_norm=null",
               "train.save_every=0", "eval.schedule=[]", "eval.final_suite=null", "method.update_proj_gap=4"]
     plain = train(cfg, root / f"plain-accum-{accumulation}", *common, fresh=False)
     lw = train(cfg, root / f"lw-accum-{accumulation}", *common, "method.layerwise=true",
@@ -127,13 +129,12 @@ def test_layerwise_with_accumulation_equals_plain_galore(base, accumulation):
     p_loss, p_norm = _losses_and_norms(root / f"plain-accum-{accumulation}")
     l_loss, l_norm = _losses_and_norms(root / f"lw-accum-{accumulation}")
     # lowrank sums the projected micro-batch gradients, plain projects their sum: equal in exact arithmetic, not
-    # in floats, and Adam's 1/sqrt(v) amplifies the rounding (measured on CI's CPU: 2.7e-4 relative by step 9;
-    # 0 here). A dropped or double-counted micro-batch moves the loss by > 1e-2.
-    assert l_loss == pytest.approx(p_loss, rel=1e-5 if accumulation == "full" else 2e-3)
-    assert l_loss[:5] == pytest.approx(p_loss[:5], rel=1e-5)  # up to the second refresh: the same to rounding
+    # in floats (CI's CPU: 5e-5 relative at step 6). A dropped or double-counted micro-batch moves the loss > 1e-2.
+    tol = 1e-5 if accumulation == "full" else 2e-4
+    assert len(l_loss) == 6 and l_loss == pytest.approx(p_loss, rel=tol)
     for step, (a, b) in enumerate(zip(l_norm, p_norm)):
         if accumulation == "full" or step % 4 == 0:  # refresh steps keep the full gradient
-            assert a == pytest.approx(b, rel=1e-4)
+            assert a == pytest.approx(b, rel=10 * tol)
         else:
             assert a is None  # the accumulated full gradient never existed: unknown, not 0
     if accumulation == "lowrank":
