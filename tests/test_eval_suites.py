@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import datafiles as F
 from helpers import cli_here as cli, run_config
 from convlearn.config import load_config
 from convlearn.data.prepare import prepare

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from helpers import cli, cli_here, metrics, run_config, train
+from helpers import cli_here, metrics, run_config, train
 
 
 @pytest.fixture(scope="module")

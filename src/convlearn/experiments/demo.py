@@ -30,6 +30,14 @@ from .sweep import PACKAGED, load_sweep, run_sweep
 PRETRAIN_DOCUMENTS = 600
 
 
+def tiny_twin(out: Path) -> Path:
+    """The demos' tiny Qwen2 twin, `out`/tiny-qwen2 (built once)."""
+    tiny = out / "tiny-qwen2"
+    if not (tiny / "config.json").is_file():
+        build_tiny_model("qwen2", tiny, seed=0)
+    return tiny
+
+
 def pretrain_base(out: Path, tiny: Path, steps: int, documents: int = PRETRAIN_DOCUMENTS) -> Path:
     """The base model: the twin trained on docstrings with our own loop, saved with its tokenizer."""
     base = out / "base"
@@ -56,12 +64,10 @@ def run_demo(out: str | Path, pretrain_steps: int = 400, train_steps: int = 200,
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    tiny = out / "tiny-qwen2"
-    print(f"[1/5] tiny Qwen2 twin -> {tiny}", flush=True)
-    if not (tiny / "config.json").is_file():
-        build_tiny_model("qwen2", tiny, seed=0)
+    print(f"[1/5] tiny Qwen2 twin -> {out / 'tiny-qwen2'}", flush=True)
+    tiny = tiny_twin(out)
     print(f"[2/5] pretraining it on Python docstrings ({pretrain_steps} steps) ...", flush=True)
-    base = pretrain_base(out, tiny, pretrain_steps)
+    pretrain_base(out, tiny, pretrain_steps)
     print("[3/5] knowledge probes (with held-out phrasings) and the docstring retention benchmark ...", flush=True)
     write_probes(out / "probes", n=12, seed=0, mentions=4)
     quick = train_steps < 100  # the shortened (CI) demo also evaluates on less

@@ -138,7 +138,7 @@ def model_card(run_dir: Path, cfg, method, step: int, evals: dict[int, EvalRecor
              "## Training", "",
              f"- method: {method.label}, learning rate {cfg.train.lr:g}, precision "
              f"{summary.get('precision', cfg.train.precision)}, batch {cfg.train.batch_size} x {cfg.train.grad_accum}",
-             f"- data: " + ", ".join(f"`{s.path}`" for s in cfg.data.sources)
+             "- data: " + ", ".join(f"`{s.path}`" for s in cfg.data.sources)
              + (f"; {data.get('conversations', 0):,} conversations kept ({data.get('heldout', 0):,} held out for "
                 f"evaluation), {sum(data.get('skipped', {}).values()):,} skipped" if data else ""),
              f"- tokens trained on: {summary['tokens']:,}" if summary.get("tokens") else "- tokens: see the run",

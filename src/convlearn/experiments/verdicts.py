@@ -14,7 +14,6 @@ import statistics
 from scipy import stats as scipy_stats
 
 from . import stats
-from .figures import point_name
 
 CRITERIA = ("conversation_ppl", "retention", "memory", "speed")
 

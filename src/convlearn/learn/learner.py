@@ -34,7 +34,7 @@ from .intake import heldout_rows, read_round, reservoir_rows
 CURSOR, ROUND = "learn_cursor", "learn_round"
 # What `convlearn learn` trains with where the config file does not say: layer-wise GaLore (full gradients never
 # all alive: a single small machine) and experiment 3's online setting (batch 2, arrival order).
-LEARN_DEFAULTS = {"method.layerwise": "true", "train.batch_size": "2", "train.order": "stream"}
+LEARN_DEFAULTS = {("method", "layerwise"): "true", ("train", "batch_size"): "2", ("train", "order"): "stream"}
 
 
 def learn_config(path: str | None, sets: list[str]):
@@ -42,10 +42,15 @@ def learn_config(path: str | None, sets: list[str]):
     import yaml
 
     from ..config import load_config
-    raw = yaml.safe_load(Path(path).read_text()) if path and Path(path).is_file() else {}
-    raw = raw if isinstance(raw, dict) else {}
-    defaults = [f"{k}={v}" for k, v in LEARN_DEFAULTS.items()
-                if not isinstance(raw.get(k.split(".")[0]), dict) or k.split(".")[1] not in raw[k.split(".")[0]]]
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) if path else {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raw = {}  # load_config below says what is wrong with the file, in one line
+
+    def given(section: str, key: str) -> bool:
+        return isinstance(raw, dict) and isinstance(raw.get(section), dict) and key in raw[section]
+    defaults = [f"{section}.{key}={value}" for (section, key), value in LEARN_DEFAULTS.items()
+                if not given(section, key)]
     return load_config(path, defaults + list(sets), require=("model.name",))
 
 
@@ -65,8 +70,10 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 class Learner:
     def __init__(self, cfg, store: Store | None = None, log=print):
-        self.cfg, self.learn = cfg, cfg.learn
+        self.learn = cfg.learn
         self.dir = Path(self.learn.dir).resolve()
+        # rounds and the gate share one data cache, in the serve directory
+        self.cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_dir=str(self.dir / "cache")))
         self.store = store or Store(self.learn.store or default_url(self.dir))
         self.log = log
         ensure_base(self.store, cfg.model.name)
@@ -191,8 +198,7 @@ class Learner:
         steps = max(1, min(t.max_steps, math.ceil(self.learn.epochs * rows / (t.batch_size * t.grad_accum))))
         data = dataclasses.replace(cfg.data, sources=[SourceConfig(path=str(rdir / "data" / "train.jsonl"),
                                                                    format="lmsys")],
-                                   heldout_fraction=0.0, max_conversations=None,
-                                   cache_dir=str(self.dir / "cache"))
+                                   heldout_fraction=0.0, max_conversations=None)
         return dataclasses.replace(
             cfg, data=data, model=dataclasses.replace(cfg.model, name=plan["parent_path"], revision=None),
             train=dataclasses.replace(t, max_steps=steps, warmup_steps=min(t.warmup_steps, steps // 2)),
@@ -252,9 +258,7 @@ class Learner:
             prec = precision_mod.resolve(self.cfg.train.precision, device)
             tokenizer = load_tokenizer(plan["parent_path"])
             spec = model_spec(self.cfg.model.name, self.cfg.model.revision)
-            gate_cfg = dataclasses.replace(self.cfg, data=dataclasses.replace(self.cfg.data,
-                                                                              cache_dir=str(self.dir / "cache")))
-            gate = Gate(gate_cfg, tokenizer, spec, rdir / "data" / "heldout.jsonl" if plan["heldout"] else None,
+            gate = Gate(self.cfg, tokenizer, spec, rdir / "data" / "heldout.jsonl" if plan["heldout"] else None,
                         rdir / "gate", self.dir / "gate-cache")
             current = {"id": plan["parent"], "path": plan["parent_path"]}
             base = self.store.version(BASE_VERSION)

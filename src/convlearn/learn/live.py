@@ -25,9 +25,8 @@ from ..data.docstring_cloze import write_docstring_cloze
 from ..data.probes import make_probes
 from ..data.records import DataStats
 from ..data.stream import read_source
-from ..experiments.demo import PRETRAIN_DOCUMENTS, pretrain_base
+from ..experiments.demo import PRETRAIN_DOCUMENTS, pretrain_base, tiny_twin
 from ..experiments.stats import above_chance
-from ..tiny import build_tiny_model
 from .canary import RISK_KNOBS, exposures, make_canaries, prompt_renderer
 from .learner import Learner
 
@@ -140,11 +139,8 @@ def run_live(out: str | Path, quick: bool = False) -> dict:
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    tiny = out / "tiny-qwen2"
     print(f"[1/5] base model: tiny Qwen2 twin pretrained on docstrings -> {out / 'base'}", flush=True)
-    if not (tiny / "config.json").is_file():
-        build_tiny_model("qwen2", tiny, seed=0)
-    base = chat_base(out, pretrain_base(out, tiny, 150 if quick else 400), 60 if quick else 150)
+    base = chat_base(out, pretrain_base(out, tiny_twin(out), 150 if quick else 400), 60 if quick else 150)
     n_facts = 8 if quick else 16
     probes, _ = make_probes(n=n_facts, seed=1, mentions=1)
     shared, private = probes[: n_facts // 2], probes[n_facts // 2:]  # told equally often; only consent differs
