@@ -22,7 +22,7 @@ ROUND_SETTINGS = {
 def chats(n: int, skip: int = 0) -> list[list[tuple[str, str]]]:
     """`n` chatterbot conversations as (user, assistant) exchanges."""
     out = []
-    for c in read_source(SourceConfig(path="chatterbot"), DataStats(), None, False):
+    for c in read_source(SourceConfig(path="chatterbot"), DataStats()):
         pairs = [(c.messages[i].content, c.messages[i + 1].content) for i in range(0, len(c.messages) - 1, 2)
                  if c.messages[i].role == "user" and c.messages[i + 1].role == "assistant"]
         if pairs:

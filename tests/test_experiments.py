@@ -165,7 +165,7 @@ def demo_assets(tmp_path_factory, tiny_models):
     """What `convlearn demo` builds for the tiny experiments, at a fraction of the size."""
     from convlearn.data.docstring_cloze import write_docstring_cloze
     from convlearn.data.probes import write_probes
-    from convlearn.experiments.demo import pretrain_base
+    from convlearn.demos.base import pretrain_base
     root = tmp_path_factory.mktemp("demo-assets")
     pretrain_base(root, tiny_models["qwen2"], steps=5)
     write_probes(root / "probes", n=4, seed=0, mentions=2)

@@ -22,7 +22,7 @@ from learnstore import chats, learn_config, talk
 
 # -- intake ---------------------------------------------------------------------------------------------------
 def test_intake_reads_consent_only_with_every_drop_named_and_secrets_scrubbed(tmp_path, tiny_models):
-    from convlearn.learn.intake import heldout_rows, read_round
+    from convlearn.learn.intake import heldout_records, read_round
     folder = tmp_path / "live"
     store = Store(default_url(folder))
     keys = {n: store.add_key(n, consent_default=n != "private") for n in ("a", "b", "private", "spam")}
@@ -46,12 +46,12 @@ def test_intake_reads_consent_only_with_every_drop_named_and_secrets_scrubbed(tm
 
     upto = store.last_message_id()
     intake = read_round(store, cfg, 0, upto, seed=0)
-    rec = intake.record()
-    assert rec["read"] == 15 and rec["kept"] == 2 + 2 + 3  # the private conversation is never read
-    assert rec["dropped"] == {"downvoted": 1, "key_cap": 2, "language": 1, "message_too_long": 1,
+    rec = intake.counts()
+    assert rec.read == 15 and rec.kept == 2 + 2 + 3  # the private conversation is never read
+    assert rec.dropped == {"downvoted": 1, "key_cap": 2, "language": 1, "message_too_long": 1,
                               "moderation": 1, "near_duplicate_flood": 2}
-    assert rec["scrubbed"] == {"email": 1, "phone": 1}
-    text = json.dumps(intake.rows)
+    assert rec.scrubbed == {"email": 1, "phone": 1}
+    text = json.dumps([r.to_dict() for r in intake.records])
     assert "jane.doe" not in text and "555 0100" not in text and "<EMAIL>" in text and "vault" not in text
     assert down not in text
 
@@ -61,20 +61,20 @@ def test_intake_reads_consent_only_with_every_drop_named_and_secrets_scrubbed(tm
         {"role": "user", "content": "And of Italy?"}], "Rome.", "ok1-1", "v0")
     assert cid == first
     later = read_round(store, cfg, upto, store.last_message_id(), seed=0)
-    assert later.record()["read"] == 1 and len(later.rows) == 1
-    row = later.rows[0]
-    assert row["conversation_id"] == cid and row["convlearn_first_new"] == 2 and len(row["conversation"]) == 4
+    assert later.counts().read == 1 and len(later.records) == 1
+    row = later.records[0]
+    assert row.id == cid and row.first_trained == 2 and len(row.messages) == 4
     assert read_round(store, cfg, store.last_message_id(), store.last_message_id(), seed=0).read == 0
 
     # the gate's slice is disjoint from training (by a hash of the conversation id)
     cfg2 = load_config(learn_config(tmp_path, tiny_models["qwen2"], folder, learn={"gate_fraction": 0.5}))
-    train_ids = {r["conversation_id"] for r in read_round(store, cfg2, 0, upto, seed=0).rows}
-    held_ids = {r["conversation_id"] for r in heldout_rows(store, cfg2, upto)}
+    train_ids = {r.id for r in read_round(store, cfg2, 0, upto, seed=0).records}
+    held_ids = {r.id for r in heldout_records(store, cfg2, upto)}
     assert held_ids and train_ids and not held_ids & train_ids
 
 
 def test_a_continued_conversation_trains_only_its_new_turns(tmp_path, tiny_models, tokenizers):
-    """`convlearn_first_new`: the earlier turns are context (no loss), the new ones are trained on."""
+    """`Conversation.first_trained`: the earlier turns are context (no loss), the new ones are trained on."""
     from convlearn.data.normalize import make_conversation
     from convlearn.data.prepare import renderer_for
     cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], tmp_path / "live", render={"loss": "all"}))
@@ -83,7 +83,7 @@ def test_a_continued_conversation_trains_only_its_new_turns(tmp_path, tiny_model
              ("assistant", "Rome.")]
     whole = make_conversation("c", "store", pairs, Counter())
     cont = make_conversation("c", "store", pairs, Counter())
-    cont.meta["first_new"] = 2
+    cont.first_trained = 2
     (a,), (b,) = renderer.render(whole), renderer.render(cont)
     assert a.input_ids.tolist() == b.input_ids.tolist()
     trained = tokenizers["qwen2"].decode([t for t, m in zip(b.input_ids, b.token_mask) if m])
@@ -121,6 +121,7 @@ def _record(conv_nats: list[float], orig_nats: list[float], mmlu: list[int], pro
 def test_the_gate_bounds_forgetting_against_the_base_and_can_fail_each_check(tmp_path, tiny_models):
     """Synthetic records with known changes: each check fails on data built to fail it, with its figure."""
     from convlearn.learn.gate import decide
+    from convlearn.learn.records import Status, TrainingOutcome
     cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], tmp_path / "live", learn={"gate": {
         "original_ppl_increase": 0.05, "retention_points": 3.0}}))
     rng = random.Random(0)
@@ -133,28 +134,30 @@ def test_the_gate_bounds_forgetting_against_the_base_and_can_fail_each_check(tmp
     # each step passes against its parent, the sum does not
     parent = _record(conv, [n + 10 * math.log(1.04) for n in orig], mmlu, probes)
     cand = _record([n - 1 for n in conv], [n + 10 * math.log(1.04 ** 2) for n in orig], mmlu, probes)
-    ok = {"steps": 5, "final_loss": 1.0}
+    ok = TrainingOutcome(steps_planned=5, resumed=False, steps=5, final_loss=1.0)
     vs_parent = decide(cfg, parent, cand, ok)
-    assert vs_parent["promote"] and vs_parent["checks"]["original_text"]["value"] == pytest.approx(0.04, abs=1e-6)
+    assert vs_parent.promote and vs_parent.checks["original_text"].value == pytest.approx(0.04, abs=1e-6)
     vs_base = decide(cfg, parent, cand, ok, origin=base, origin_id="v0")
-    assert not vs_base["promote"] and vs_base["checks"]["original_text"]["value"] == pytest.approx(0.0816, abs=1e-4)
-    assert vs_base["reasons"] == ["original_text: original-distribution perplexity vs v0, relative change +8.2% "
-                                  f"[{100 * vs_base['checks']['original_text']['low']:+.1f}%, "
-                                  f"{100 * vs_base['checks']['original_text']['high']:+.1f}%] over the bound +5.0%"]
-    assert vs_base["checks"]["learning"]["status"] == "pass" and vs_base["checks"]["learning"]["value"] < 0
+    assert not vs_base.promote and vs_base.checks["original_text"].value == pytest.approx(0.0816, abs=1e-4)
+    assert vs_base.reasons == ["original_text: original-distribution perplexity vs v0, relative change +8.2% "
+                               f"[{100 * vs_base.checks['original_text'].low:+.1f}%, "
+                               f"{100 * vs_base.checks['original_text'].high:+.1f}%] over the bound +5.0%"]
+    assert vs_base.checks["learning"].status == Status.PASS and vs_base.checks["learning"].value < 0
     # retention: 3 points is a fail (the plan's "< 3"), 2 is a pass; a learning regression; lost probes
     drop3 = list(mmlu)
     for i in [i for i, c in enumerate(mmlu) if c][:12]:
         drop3[i] = 0
-    three = decide(cfg, base, _record(conv, orig, drop3, probes), ok)["checks"]["retention"]
-    assert three["status"] == "fail" and three["value"] == pytest.approx(3.0)
+    three = decide(cfg, base, _record(conv, orig, drop3, probes), ok).checks["retention"]
+    assert three.status == Status.FAIL and three.value == pytest.approx(3.0)
+    assert three.low <= three.value <= three.high  # the interval is the drop's, as the value is
     drop2 = list(mmlu)
     for i in [i for i, c in enumerate(mmlu) if c][:8]:
         drop2[i] = 0
-    assert decide(cfg, base, _record(conv, orig, drop2, probes), ok)["checks"]["retention"]["status"] == "pass"
+    assert decide(cfg, base, _record(conv, orig, drop2, probes), ok).checks["retention"].status == Status.PASS
     worse = decide(cfg, base, _record([n + 0.5 for n in conv], orig, mmlu, [0] * 24), ok)
-    assert worse["checks"]["learning"]["status"] == "fail" and worse["checks"]["probes"]["status"] == "fail"
-    assert decide(cfg, base, base, {"non_finite": "3 steps with a non-finite loss"})["promote"] is False
+    assert worse.checks["learning"].status == Status.FAIL and worse.checks["probes"].status == Status.FAIL
+    nan = TrainingOutcome(steps_planned=5, resumed=False, non_finite="3 steps with a non-finite loss")
+    assert decide(cfg, base, base, nan).promote is False
 
 
 # -- rounds ---------------------------------------------------------------------------------------------------
@@ -162,40 +165,40 @@ def test_a_round_is_gated_promoted_and_listed_then_rolled_back(tmp_path, tiny_mo
     from convlearn.learn.learner import CURSOR, Learner
     folder, _ = filled
     cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], folder))
-    learner = Learner(cfg, log=lambda m: None)
+    learner = Learner(cfg)
     assert learner.store.pending_consented(0)[0] == 60 and learner.due()  # K = learn.round_conversations = 20
     lazy = Learner(dataclasses.replace(cfg, learn=dataclasses.replace(cfg.learn, round_conversations=100)),
-                   store=learner.store, log=lambda m: None)
+                   store=learner.store)
     assert not lazy.due() and lazy.due(now=time.time() + 31 * 60)  # T = learn.round_minutes = 30
     record = learner.round()
-    assert record["status"] == "promoted", record["gate"]["reasons"]
-    intake = record["intake"]
-    assert intake["read"] == 60 and intake["heldout_for_gate"] > 0
-    assert intake["kept"] + intake["heldout_for_gate"] + sum(intake["dropped"].values()) == 60  # each one counted
-    checks = record["gate"]["checks"]
-    assert {k: c["status"] for k, c in checks.items()} == {
+    assert record.status == "promoted", record.gate.reasons
+    intake = record.intake
+    assert intake.read == 60 and intake.heldout_for_gate > 0
+    assert intake.kept + intake.heldout_for_gate + sum(intake.dropped.values()) == 60  # each one counted
+    checks = record.gate.checks
+    assert {k: c.status.value for k, c in checks.items()} == {
         "training": "pass", "learning": "pass", "original_text": "pass", "retention": "not measured",
         "probes": "not measured"}
-    assert checks["learning"]["value"] < 0 and checks["learning"]["low"] <= checks["learning"]["value"] <= \
-        checks["learning"]["high"]
+    assert checks["learning"].value < 0 and checks["learning"].low <= checks["learning"].value <= \
+        checks["learning"].high
     store = learner.store
     v1 = store.version("v1")
-    assert v1["status"] == "promoted" and v1["parent"] == "v0" and v1["seq_from"] == 0
-    assert v1["seq_to"] == store.last_message_id() == int(store.pointer(CURSOR))
-    assert v1["conversations"] == intake["kept"]
-    assert store.pointer("current_version") == "v1" and (Path(v1["path"]) / "config.json").is_file()
+    assert v1.status == "promoted" and v1.parent == "v0" and v1.seq_from == 0
+    assert v1.seq_to == store.last_message_id() == int(store.pointer(CURSOR))
+    assert v1.conversations == intake.kept
+    assert store.current_id() == "v1" and (Path(v1.path) / "config.json").is_file()
     assert learner.round() is None  # nothing new: no round, nothing read twice
 
     listed = cli_here("versions", folder)
     assert listed.returncode == 0 and "*v1" in listed.stdout and " v0" in listed.stdout
     rb = cli_here("rollback", folder, "v0")
-    assert rb.returncode == 0 and store.pointer("current_version") == "v0"
+    assert rb.returncode == 0 and store.current_id() == "v0"
     assert cli_here("rollback", folder, "v9").returncode == 2
 
     # the next round starts from the version that is current now (v0 after the rollback)
     talk(store, store.add_key("late", consent_default=True), chats(1, skip=80)[0], "late")
     second = learner.round()
-    assert second["parent"] == "v0" and second["reservoir"] == 0  # v0's lineage learned nothing to replay
+    assert second.parent == "v0" and second.reservoir == 0  # v0's lineage learned nothing to replay
 
 
 def test_a_damaging_round_is_rejected_and_kept_for_inspection(tmp_path, tiny_models, filled):
@@ -203,14 +206,14 @@ def test_a_damaging_round_is_rejected_and_kept_for_inspection(tmp_path, tiny_mod
     folder, _ = filled
     cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], folder, learn={"epochs": 8.0},
                                    method={"name": "adamw", "layerwise": False}, train={"lr": 0.3}))
-    learner = Learner(cfg, log=lambda m: None)
+    learner = Learner(cfg)
     record = learner.round()
-    assert record["status"] == "rejected"
-    reasons = " ".join(record["gate"]["reasons"])
+    assert record.status == "rejected"
+    reasons = " ".join(record.gate.reasons)
     assert "original_text: original-distribution perplexity vs v0, relative change +" in reasons
-    assert record["gate"]["checks"]["original_text"]["low"] > 1.0  # more than doubled, the interval says so too
+    assert record.gate.checks["original_text"].low > 1.0  # more than doubled, the interval says so too
     store = learner.store
-    assert store.pointer("current_version") == "v0" and store.version("v1")["status"] == "rejected"
+    assert store.current_id() == "v0" and store.version("v1").status == "rejected"
     assert (folder / "rounds" / "r0001" / "candidate" / "config.json").is_file()  # kept for inspection
     assert not (folder / "versions" / "v1").exists()
     assert int(store.pointer(CURSOR)) == store.last_message_id()  # read once, even when rejected
@@ -219,24 +222,23 @@ def test_a_damaging_round_is_rejected_and_kept_for_inspection(tmp_path, tiny_mod
 
 
 def test_a_round_whose_loss_goes_non_finite_is_rejected(tmp_path, tiny_models, filled):
+    """The served version's weights hold a NaN (a broken upload, a bad merge): every step of the round's loss is
+    non-finite, so the round is rejected for its training and nothing is promoted."""
     from convlearn.learn.learner import Learner
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     folder, _ = filled
-    cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], folder))
-    learner = Learner(cfg, log=lambda m: None)
-
-    def poison(trainer):  # every batch's loss becomes NaN
-        forward = trainer.trainable.model.forward
-
-        def nan_forward(*a, **k):
-            out = forward(*a, **k)
-            out.logits = out.logits * float("nan")
-            return out
-        trainer.trainable.model.forward = nan_forward
-    learner.on_trainer = poison
+    broken = tmp_path / "broken"
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen2"], dtype=torch.float32)
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")
+    model.save_pretrained(broken)
+    AutoTokenizer.from_pretrained(tiny_models["qwen2"]).save_pretrained(broken)
+    cfg = load_config(learn_config(tmp_path, broken, folder))
+    learner = Learner(cfg)
     record = learner.round()
-    assert record["status"] == "rejected" and record["gate"]["reasons"][0].startswith("training:")
-    assert "non-finite" in record["gate"]["reasons"][0]
-    assert learner.store.pointer("current_version") == "v0" and not (folder / "versions" / "v1").exists()
+    assert record.status == "rejected" and record.gate.reasons[0].startswith("training:")
+    assert "non-finite" in record.gate.reasons[0]
+    assert learner.store.current_id() == "v0" and not (folder / "versions" / "v1").exists()
 
 
 # -- canaries -------------------------------------------------------------------------------------------------
@@ -244,7 +246,7 @@ def test_canary_exposure_tells_a_memorised_secret_from_chance(tmp_path, tiny_mod
     """A canary trained on until memorised has near-maximal exposure; never-seen ones stay under the bound."""
     from convlearn.data.prepare import renderer_for
     from convlearn.learn.canary import Canary, exposures, prompt_renderer
-    from convlearn.learn.intake import Pipeline
+    from convlearn.learn.intake import StoreRecords
     from transformers import AutoModelForCausalLM
     cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], tmp_path / "live"))
     tok = tokenizers["qwen2"]
@@ -255,9 +257,8 @@ def test_canary_exposure_tells_a_memorised_secret_from_chance(tmp_path, tiny_mod
                 for i, (form, s) in enumerate([("locker", "104729"), ("email", "550213"), ("locker", "771045")])]
 
     # the e-mail form never reaches training: the pipeline scrubs it
-    rec = Pipeline(cfg).record({"id": "c", "messages": [{"role": "user", "content": mailed.text()},
-                                                        {"role": "assistant", "content": "ok"}]},
-                               Counter(), Counter(), None)
+    rec = StoreRecords(cfg).record({"id": "c", "messages": [{"role": "user", "content": mailed.text()},
+                                                            {"role": "assistant", "content": "ok"}]})
     assert mailed.secret not in rec.messages[0].content and "<EMAIL>" in rec.messages[0].content
 
     model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen2"], dtype=torch.float32)

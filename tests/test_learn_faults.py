@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from convlearn.config import load_config
-from convlearn.store import Store, default_url
+from convlearn.store import Store, Version, default_url
 from helpers import cli_here, kill_after_steps, metrics
 from learnstore import learn_config
 
@@ -46,7 +46,7 @@ def test_kill_9_mid_round_then_restart_resumes_exactly(tmp_path, tiny_models, fi
     assert kill_after_steps(proc, run, 7) >= 7
     store = Store(default_url(kill_dir))
     assert store.pointer("learn_cursor") is None and store.version("v1") is None
-    assert store.pointer("current_version") == "v0"  # nothing half-done is served
+    assert store.current_id() == "v0"  # nothing half-done is served
     again = cli_here("learn", kill_cfg, "--once")
     assert again.returncode == 0, again.stderr[-2000:]
 
@@ -55,9 +55,9 @@ def test_kill_9_mid_round_then_restart_resumes_exactly(tmp_path, tiny_models, fi
     assert [r["loss"] for r in kill_m] == pytest.approx([r["loss"] for r in ref_m], rel=1e-6)
     ref_store = Store(default_url(ref_dir))
     for s in (store, ref_store):
-        assert [v["id"] for v in s.versions()] == ["v0", "v1"]
+        assert [v.id for v in s.versions()] == ["v0", "v1"]
         assert s.pointer("learn_cursor") == str(s.last_message_id())
-    assert store.version("v1")["status"] == ref_store.version("v1")["status"]
+    assert store.version("v1").status == ref_store.version("v1").status
     ref_gate = json.loads((ref_dir / "rounds" / "r0001" / "gate.json").read_text())["checks"]["learning"]
     kill_gate = json.loads((kill_dir / "rounds" / "r0001" / "gate.json").read_text())["checks"]["learning"]
     assert kill_gate["value"] == pytest.approx(ref_gate["value"], rel=1e-5)
@@ -77,23 +77,23 @@ def test_a_kill_mid_promotion_is_never_served_and_the_restart_commits_once(tmp_p
 
     def killed(*a, **k):
         raise Killed
-    learner = Learner(cfg, log=lambda m: None)  # (records the base version v0)
+    learner = Learner(cfg)  # (records the base version v0)
     monkeypatch.setattr(Store, "record_version", killed)
     with pytest.raises(Killed):
         learner.round()
     monkeypatch.undo()
     store = Store(default_url(folder))
     assert (folder / "versions" / "v1" / "config.json").is_file()
-    assert store.pointer("current_version") == "v0" and store.version("v1") is None
+    assert store.current_id() == "v0" and store.version("v1") is None
     assert store.pointer(CURSOR) is None
     steps = len(metrics(folder / "rounds" / "r0001" / "run"))
 
-    record = Learner(cfg, log=lambda m: None).round()
-    assert record["round"] == 1 and record["status"] == "promoted"
+    record = Learner(cfg).round()
+    assert record.round == 1 and record.status == "promoted"
     assert len(metrics(folder / "rounds" / "r0001" / "run")) == steps  # not trained again
-    assert [v["id"] for v in store.versions()] == ["v0", "v1"] and store.pointer("current_version") == "v1"
+    assert [v.id for v in store.versions()] == ["v0", "v1"] and store.current_id() == "v1"
     assert store.pointer(CURSOR) == str(store.last_message_id())
-    assert Learner(cfg, log=lambda m: None).round() is None
+    assert Learner(cfg).round() is None
 
 
 # -- hot swap -------------------------------------------------------------------------------------------------
@@ -142,9 +142,8 @@ def test_the_server_hot_swaps_under_load_without_a_failed_request(tmp_path, tiny
         for t in threads:
             t.start()
         time.sleep(1.5)
-        server.store.record_version({"id": "v1", "parent": "v0", "status": "promoted", "path": str(v1),
-                                     "seq_from": 0, "seq_to": 0, "conversations": 0, "round": 1, "gate": {}},
-                                    make_current=True)
+        server.store.record_version(Version("v1", "promoted", str(v1), parent="v0", seq_from=0, seq_to=0,
+                                            conversations=0, round=1, gate={}), make_current=True)
         deadline = time.time() + 30
         while server.holder.engine().version != "v1" and time.time() < deadline:
             time.sleep(0.05)

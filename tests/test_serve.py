@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from convlearn.serve.api import Limits
 from convlearn.serve.server import start_in_thread
-from convlearn.store import Store, default_url
+from convlearn.store import Store, Version, default_url
 
 
 def free_port() -> int:
@@ -212,7 +212,7 @@ def test_export_round_trips_through_our_readers(live, tmp_path):
         out = tmp_path / f"{fmt}.jsonl"
         assert live.store.export(out, fmt) == len(stored)
         stats = DataStats()
-        read = list(read_source(SourceConfig(path=str(out)), stats, None, False))
+        read = list(read_source(SourceConfig(path=str(out)), stats))
         assert stats.format == fmt and not stats.skipped
         assert sorted([(m.role, m.content) for m in r.messages] for r in read) == sorted(stored.values())
 
@@ -375,14 +375,15 @@ def test_web_page_in_headless_chromium(live):
         assert live.store.conversation(convs[0]["id"])["consent"] is False
         assert "answered by v0" in answer.text
         # the model panel: a rejected candidate with its gate figures and why (the shape learn/gate.py records)
-        live.store.record_version({"id": "v1", "parent": "v0", "status": "rejected", "path": "/nowhere",
-                                   "seq_from": 0, "seq_to": 9, "conversations": 7, "round": 1, "gate": {
+        live.store.record_version(Version("v1", "rejected", "/nowhere", parent="v0", seq_from=0, seq_to=9,
+                                          conversations=7, round=1, gate={
                                        "reasons": ["learning: +4.0% over the bound +0.0%"],
                                        "checks": {"learning": {"status": "fail", "what": "perplexity, relative change",
-                                                               "value": 0.04, "low": 0.01, "high": 0.07, "bound": 0.0},
+                                                               "value": 0.04, "low": 0.01, "high": 0.07, "bound": 0.0,
+                                                               "unit": "relative"},
                                                   "probes": {"status": "not measured"}},
                                        "figures": {"current": {"conversation_ppl": 25.0, "original_ppl": 150.0},
-                                                   "candidate": {"conversation_ppl": 26.0, "original_ppl": 151.0}}}})
+                                                   "candidate": {"conversation_ppl": 26.0, "original_ppl": 151.0}}}))
         row = wait.until(lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, "#versions tr.rejected")])[0]
         assert row.text.startswith("v1 rejected 7 conversations (messages 0–9)")
         assert "learning fail +4.0% [+1.0%, +7.0%] (bound +0.0%)" in row.text and "probes not measured" in row.text

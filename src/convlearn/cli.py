@@ -7,6 +7,7 @@ Each command imports what it needs when it runs (torch, transformers, lm-eval ta
 from __future__ import annotations
 
 import argparse
+import logging
 import json
 import sys
 from pathlib import Path
@@ -110,10 +111,10 @@ def _cmd_report(args) -> int:
 
 def _cmd_demo(args) -> int:
     if args.live:
-        from .learn.live import run_live
+        from .demos.live import run_live
         run_live(args.out if args.out != "runs/demo" else "runs/live", quick=args.quick)
         return 0
-    from .experiments.demo import run_demo
+    from .demos.offline import run_demo
     run_demo(args.out, *((60, 30, 10) if args.quick else (400, 200, 60)))
     return 0
 
@@ -177,7 +178,7 @@ def _cmd_store(args) -> int:
         print(f"{n} consented conversations written to {args.out} ({args.format})")
     else:
         print(json.dumps({**store.counts(), "integrity": store.integrity_check(),
-                          "current_version": store.pointer("current_version")}, indent=1))
+                          "current_version": store.current_id()}, indent=1))
     return 0
 
 
@@ -337,8 +338,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted (tests redirect it per call)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+# The long-running commands log (convlearn.serve, convlearn.learn) with levels; the others print their output.
+LOGGING_COMMANDS = {"serve", "learn", "demo"}
+
+
+def _log_to_stderr() -> None:
+    logger = logging.getLogger("convlearn")
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in LOGGING_COMMANDS:
+        _log_to_stderr()
     try:
         return args.func(args)
     except UserError as e:

@@ -6,8 +6,10 @@ from typing import Any, Literal, Optional
 from ..errors import ConfigError
 from .schema import opt, section
 
-FORMATS = ("auto", "lmsys", "sharegpt", "sharechat", "oasst", "text", "chatterbot")
-Format = Literal["auto", "lmsys", "sharegpt", "sharechat", "oasst", "text", "chatterbot"]
+# `convlearn`: convlearn's own records (one Conversation.to_dict per line), as a learning round writes them after
+# its pipeline; read as they are, never filtered or scrubbed twice.
+FORMATS = ("auto", "lmsys", "sharegpt", "sharechat", "oasst", "text", "chatterbot", "convlearn")
+Format = Literal["auto", "lmsys", "sharegpt", "sharechat", "oasst", "text", "chatterbot", "convlearn"]
 
 
 @section

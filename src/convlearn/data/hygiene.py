@@ -28,6 +28,12 @@ def language_code(lang: str | None) -> str | None:
     return re.split(r"[-_]", s)[0] if re.fullmatch(r"[a-z]{2,3}([-_][a-z0-9]+)?", s) else s
 
 
+def detect_language(text: str) -> str | None:
+    """The language of a text (py3langid: a small offline classifier), for records whose source gives none."""
+    import py3langid  # ~0.3 s to load its model: only where a language is detected
+    return py3langid.classify(text[:2000])[0] if text.strip() else None
+
+
 class RecordFilter:
     """Language, moderation and length filters plus exact dedup, configured from a DataConfig."""
 
@@ -61,6 +67,11 @@ class RecordFilter:
             if key in self._seen:
                 raise Skip("duplicate", rec.id)
             self._seen.add(key)
+
+    def remember(self, rec: Conversation | Document) -> None:
+        """A record kept elsewhere: a later record with its roles and text is a duplicate."""
+        if self.dedup:
+            self._seen.add(dedup_key(rec))
 
 
 def dedup_key(rec: Conversation | Document) -> bytes:

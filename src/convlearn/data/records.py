@@ -57,6 +57,9 @@ class Conversation:
     language: str | None = None
     domain: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # Trained from message k on: the messages before it are context only (no loss), as torchtune's
+    # `Message.masked`. The online learner sets it on a conversation continued since it was last trained on.
+    first_trained: int = 0
 
     def chars(self) -> int:
         return sum(len(m.content) for m in self.messages)
@@ -66,6 +69,7 @@ class Conversation:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Conversation":
+        """The inverse of to_dict (convlearn's native record format, data/sources.py `convlearn`)."""
         return cls(**{**d, "messages": [Message(**m) for m in d["messages"]]})
 
 

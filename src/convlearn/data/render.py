@@ -227,9 +227,9 @@ class ChatRenderer:
         return out
 
     def _first_new(self, conv: Conversation) -> int:
-        """A continued conversation's first message not trained on before (`meta["first_new"]`, set by the online
-        learner), as an index into the template messages; earlier messages are context only, as in a window."""
-        first_new = int(conv.meta.get("first_new") or 0)
+        """A continued conversation's first message not trained on before (`Conversation.first_trained`), as an
+        index into the template messages; earlier messages are context only, as in a window."""
+        first_new = conv.first_trained
         if first_new <= 0:
             return 0
         inserted = bool(self.system_prompt) and conv.messages[0].role != "system"

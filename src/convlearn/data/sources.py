@@ -21,6 +21,8 @@ def detect_format(rows: list) -> str:
     for row in rows:
         if not isinstance(row, dict):
             continue
+        if isinstance(row.get("messages"), list) and "source" in row and "meta" in row:
+            return "convlearn"
         if "topic" in row and "conversation" in row and "index" in row:
             return "chatterbot"
         if isinstance(row.get("conversation"), list):
@@ -34,7 +36,7 @@ def detect_format(rows: list) -> str:
         if isinstance(row.get("text"), str):
             return "text"
     raise UserError("cannot determine the format from the first records; pass --format "
-                    "(lmsys|sharegpt|sharechat|oasst|text|chatterbot)")
+                    "(lmsys|sharegpt|sharechat|oasst|text|chatterbot|convlearn)")
 
 
 def adapt(fmt: str, rows: Iterable, source: str, edits: Counter, best_path_only: bool = False
@@ -46,7 +48,8 @@ def adapt(fmt: str, rows: Iterable, source: str, edits: Counter, best_path_only:
     if fmt == "oasst":
         yield from oasst_conversations(rows, source, edits, best_path_only)
         return
-    one = {"lmsys": _lmsys, "sharegpt": _sharegpt, "text": _text, "chatterbot": _chatterbot}[fmt]
+    one = {"lmsys": _lmsys, "sharegpt": _sharegpt, "text": _text, "chatterbot": _chatterbot,
+           "convlearn": _native}[fmt]
     for index, row in enumerate(rows):
         if isinstance(row, Skip):
             yield row
@@ -95,11 +98,22 @@ def _lmsys(row: dict, index: int, source: str, edits: Counter) -> Conversation:
         moderation, list) else False
     meta = {"model": row.get("model"), "redacted": row.get("redacted"), "flagged": flagged,
             "turn": row.get("turn")}
-    first_new = row.get("convlearn_first_new")  # rows the online learner writes: earlier messages are context
-    if isinstance(first_new, int) and not isinstance(first_new, bool) and first_new > 0:
-        meta["first_new"] = first_new
     cid = row.get("conversation_id") or _content_id(source, pairs)
     return make_conversation(cid, source, pairs, edits, row.get("language"), None, meta)
+
+
+def _native(row: dict, index: int, source: str, edits: Counter) -> Conversation:
+    """convlearn's own records (`Conversation.to_dict`, one per line): what a learning round writes after its
+    conversations went through the pipeline; read back as they are (data/stream.py does not filter or scrub
+    them a second time)."""
+    try:
+        conv = Conversation.from_dict(row)
+    except (TypeError, KeyError):
+        raise Skip("wrong_type", "not a convlearn record (Conversation.to_dict)") from None
+    if not all(isinstance(m.content, str) and isinstance(m.role, str) for m in conv.messages) \
+            or not isinstance(conv.first_trained, int):
+        raise Skip("wrong_type", "a convlearn record's message is not (role, content) strings")
+    return conv
 
 
 def _sharegpt(row: dict, index: int, source: str, edits: Counter) -> Conversation:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .hygiene import RecordFilter, language_code, scrub
+from .hygiene import RecordFilter, detect_language, language_code, scrub
 from .splits import is_heldout, split_key
 from .readers import is_chatterbot_path, peek, read_rows
 from .records import Conversation, DataStats, Document, Skip
@@ -33,10 +33,39 @@ class Keyed:
     heldout: bool
 
 
-def read_source(src, stats: DataStats, record_filter: RecordFilter | None, do_scrub: bool,
-                max_chars: int = 200_000) -> Iterator[Conversation | Document]:
-    """Records of one SourceConfig, in source order. Skips are counted in `stats`, never raised. A record with
-    a message (or a document) longer than `max_chars` is skipped as `message_too_long`."""
+class RecordSteps:
+    """The steps every record takes once, whatever its source (a file, a dataset, the conversation store): the
+    length cap, its language (detected from its user text where the source gives none, if asked), the
+    filters (language, moderation, length, dedup: one RecordFilter, so dedup spans every source it sees), the
+    source's placeholders counted, the scrubber. A record that fails a step raises Skip with the reason."""
+
+    def __init__(self, data_cfg, stats: DataStats, detect_missing_language: bool = False):
+        self.max_chars, self.do_scrub, self.stats = data_cfg.max_message_chars, data_cfg.scrub, stats
+        self.filter = RecordFilter(data_cfg)
+        self.detect = detect_missing_language
+
+    def too_long(self, rec: Conversation | Document) -> bool:
+        """Checked before anything costly: a 50 MB line would take minutes to tokenize."""
+        texts = [rec.text] if isinstance(rec, Document) else [m.content for m in rec.messages]
+        return max(map(len, texts), default=0) > self.max_chars
+
+    def __call__(self, rec: Conversation | Document) -> Conversation | Document:
+        if self.too_long(rec):
+            raise Skip("message_too_long")
+        if rec.language is None and self.detect and isinstance(rec, Conversation):
+            rec.language = detect_language(" ".join(m.content for m in rec.messages if m.role == "user"))
+        self.filter.check(rec)
+        for text in [rec.text] if isinstance(rec, Document) else [m.content for m in rec.messages]:
+            count_placeholders(text, self.stats.placeholders)
+        if self.do_scrub:
+            scrub(rec, self.stats.scrubbed)
+        return rec
+
+
+def read_source(src, stats: DataStats, steps: RecordSteps | None = None) -> Iterator[Conversation | Document]:
+    """Records of one SourceConfig, in source order, through `steps` (none: as the adapter gives them). Skips are
+    counted in `stats`, never raised. Records in convlearn's own format went through the steps when they were
+    written (a learning round's data): they are taken as they are, never filtered or scrubbed twice."""
     rows = read_rows(src.path, src.split, src.subset, src.limit)
     fmt = src.format
     if fmt == "auto":
@@ -47,6 +76,8 @@ def read_source(src, stats: DataStats, record_filter: RecordFilter | None, do_sc
             fmt = detect_format(head)
     stats.format = fmt if not stats.format or stats.format == fmt else "mixed"
     name = source_name(src.path)
+    if fmt == "convlearn":
+        steps = None
 
     def counted(it):
         for row in it:
@@ -57,36 +88,28 @@ def read_source(src, stats: DataStats, record_filter: RecordFilter | None, do_sc
         if isinstance(item, Skip):
             stats.skip(item.reason)
             continue
-        texts = [item.text] if isinstance(item, Document) else [m.content for m in item.messages]
-        if max(map(len, texts)) > max_chars:  # before anything costly: a 50 MB line would take minutes to tokenize
-            stats.skip("message_too_long")
-            continue
         if src.domain:
             item.domain = src.domain
         elif item.domain is None:
             item.domain = name
             item.meta["untopical"] = True  # the topic labeler may name its domain
         item.language = language_code(item.language)
-        if record_filter is not None:
+        if steps is not None:
             try:
-                record_filter.check(item)
+                item = steps(item)
             except Skip as s:
                 stats.skip(s.reason)
                 continue
-        for text in texts:
-            count_placeholders(text, stats.placeholders)
-        if do_scrub:
-            scrub(item, stats.scrubbed)
         yield item
 
 
 def iter_records(data_cfg, stats: DataStats) -> Iterator[Keyed]:
     """All sources of a DataConfig, filtered (dedup across sources), each record with its held-out side.
     Stops once `max_conversations` training records were kept (held-out ones do not count)."""
-    record_filter = RecordFilter(data_cfg)
+    steps = RecordSteps(data_cfg, stats)
     kept_train = 0
     for src in data_cfg.sources:
-        for rec in read_source(src, stats, record_filter, data_cfg.scrub, data_cfg.max_message_chars):
+        for rec in read_source(src, stats, steps):
             heldout = is_heldout(split_key(rec), data_cfg.heldout_fraction)
             if not heldout and data_cfg.max_conversations is not None \
                     and kept_train >= data_cfg.max_conversations:

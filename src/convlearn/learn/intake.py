@@ -1,9 +1,10 @@
-"""From the store to a round's data: consented conversations read once, in arrival order, through the offline
-pipeline (normalization, length and language filters, dedup, the scrubber), with the poisoning guards and the
-gate's held-out slice. Nothing leaves this module unscrubbed: the files a round writes hold scrubbed text only.
+"""From the store to a round's data: consented conversations read once, in arrival order, through the same
+per-record steps as every offline source (data/stream.py RecordSteps: length cap, language, filters, dedup, the
+scrubber), with the poisoning guards and the gate's held-out slice. Nothing leaves this module unscrubbed: the
+records a round writes (convlearn's native format) hold scrubbed text only, and they are trained on as they are.
 
-A conversation continued since it was last read carries `convlearn_first_new`: its earlier messages are context
-for the new ones and are not trained on again (the renderer masks them, data/render.py).
+A conversation continued since it was last read comes back whole with `first_trained` set: its earlier messages
+are context for the new ones and are not trained on again (data/render.py).
 """
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.hygiene import RecordFilter, scrub
 from ..data.normalize import make_conversation
-from ..data.records import Conversation, Skip
+from ..data.records import Conversation, DataStats, Skip
 from ..data.splits import is_heldout
+from ..data.stream import RecordSteps
 from ..errors import UserError
+from .records import IntakeCounts
 
 # Why the learner set a conversation aside (beside the offline pipeline's SKIP_REASONS).
 DROP_REASONS = {
@@ -31,21 +33,21 @@ DROP_REASONS = {
 
 @dataclass
 class Intake:
-    """What one read of the store gave: training rows (LMSYS schema, scrubbed), the counts of every drop."""
+    """What one read of the store gave: the records to train on (scrubbed, filtered) and the count of every drop."""
     after: int
     upto: int
-    rows: list[dict] = field(default_factory=list)
+    records: list[Conversation] = field(default_factory=list)
     read: int = 0
     heldout: int = 0
     drops: Counter = field(default_factory=Counter)
-    scrubbed: Counter = field(default_factory=Counter)
-    edits: Counter = field(default_factory=Counter)
+    stats: DataStats = field(default_factory=DataStats)   # the per-record steps' counts (scrubbed, edits)
     keys: Counter = field(default_factory=Counter)
 
-    def record(self) -> dict:
-        return {"after": self.after, "upto": self.upto, "read": self.read, "kept": len(self.rows),
-                "heldout_for_gate": self.heldout, "dropped": dict(sorted(self.drops.items())),
-                "scrubbed": dict(sorted(self.scrubbed.items())), "per_key": {str(k): v for k, v in self.keys.items()}}
+    def counts(self) -> IntakeCounts:
+        drops = self.drops + self.stats.skipped
+        return IntakeCounts(self.after, self.upto, self.read, len(self.records), self.heldout,
+                            dict(sorted(drops.items())), dict(sorted(self.stats.scrubbed.items())),
+                            {str(k): v for k, v in self.keys.items()})
 
 
 def flood_key(text: str) -> str:
@@ -53,28 +55,22 @@ def flood_key(text: str) -> str:
     return re.sub(r"\d+", "0", " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split()))
 
 
-def detect_language(text: str) -> str | None:
-    """The language of a store conversation's user text (py3langid: a small offline classifier), so the
-    `data.languages` filter applies to store conversations as it does to sources that label theirs."""
-    import py3langid
-    return py3langid.classify(text[:2000])[0] if text.strip() else None
+class StoreRecords:
+    """Store rows -> records through the per-record steps. A store conversation carries no language: it is
+    detected from its user text, so `data.languages` applies to it as to sources that label theirs."""
 
+    def __init__(self, cfg, stats: DataStats | None = None):
+        self.cfg = cfg
+        self.stats = stats if stats is not None else DataStats()
+        self.steps = RecordSteps(cfg.data, self.stats, detect_missing_language=True)
+        self.patterns = _blocklist(cfg.learn.blocklist)
 
-class Pipeline:
-    """Store rows -> scrubbed, filtered records, with the offline filters of `data`."""
-
-    def __init__(self, cfg):
-        self.cfg, self.learn = cfg, cfg.learn
-        self.patterns = _blocklist(self.learn.blocklist)
-
-    def record(self, conv: dict, edits: Counter, scrubbed: Counter, record_filter: RecordFilter | None,
-               first_new: int = 0) -> Conversation:
+    def record(self, conv: dict, first_new: int = 0) -> Conversation:
         """One store conversation as a record (raises Skip with the reason it cannot be used)."""
         pairs = [(m["role"], m["content"]) for m in conv["messages"]]
         if max(len(c) for _, c in pairs) > self.cfg.data.max_message_chars:
-            raise Skip("message_too_long")
-        rec = make_conversation(conv["id"], "store", pairs, edits, None, "store")
-        rec.language = detect_language(" ".join(m.content for m in rec.messages if m.role == "user"))
+            raise Skip("message_too_long")  # before normalizing a huge message
+        rec = make_conversation(conv["id"], "store", pairs, self.stats.edits, None, "store")
         if first_new:  # a message merged across the boundary by normalization is new (it holds new text)
             before = make_conversation(conv["id"], "store", pairs[:first_new], Counter())
             same = len(before.messages)
@@ -82,20 +78,15 @@ class Pipeline:
                 same -= 1
             if same >= len(rec.messages):
                 raise Skip("empty", "no new message")
-            rec.meta["first_new"] = same
-        if record_filter is not None:
-            record_filter.check(rec)
-        if self.cfg.data.scrub:
-            scrub(rec, scrubbed)
-        return rec
+            rec.first_trained = same
+        return self.steps(rec)
 
 
 def read_round(store, cfg, after: int, upto: int, seed: int) -> Intake:
-    """The round's training rows from the consented conversations with messages in (after, upto]."""
+    """The round's training records from the consented conversations with messages in (after, upto]."""
     learn = cfg.learn
-    pipeline = Pipeline(cfg)
     intake = Intake(after, upto)
-    record_filter = RecordFilter(cfg.data)
+    records = StoreRecords(cfg, intake.stats)
     per_key: Counter = Counter()
     flood: dict[str, set] = defaultdict(set)
     for conv in store.consented_messages(after, upto):
@@ -103,18 +94,18 @@ def read_round(store, cfg, after: int, upto: int, seed: int) -> Intake:
         if is_heldout(conv["id"], learn.gate_fraction):
             intake.heldout += 1
             continue
-        reason = _guard(conv, learn, pipeline.patterns, per_key, flood)
+        reason = _guard(conv, learn, records.patterns, per_key, flood)
         if reason is not None:
             intake.drops[reason] += 1
             continue
         try:
-            rec = pipeline.record(conv, intake.edits, intake.scrubbed, record_filter, conv["first_new"])
+            rec = records.record(conv, conv["first_new"])
         except Skip as s:
-            intake.drops[s.reason] += 1
+            intake.stats.skip(s.reason)
             continue
         per_key[conv["key_id"]] += 1
         intake.keys[conv["key_id"]] += 1
-        intake.rows.append(lmsys_row(rec))
+        intake.records.append(rec)
     return intake
 
 
@@ -133,27 +124,31 @@ def _guard(conv: dict, learn, patterns: list[re.Pattern], per_key: Counter, floo
     return "near_duplicate_flood" if flooded else None
 
 
-def heldout_rows(store, cfg, upto: int) -> list[dict]:
+def heldout_records(store, cfg, upto: int) -> list[Conversation]:
     """The gate's slice: the most recent held-out consented conversations (whole, scrubbed, filtered)."""
-    pipeline = Pipeline(cfg)
+    records = StoreRecords(cfg)
     convs = [c for c in store.consented_messages(0, upto) if is_heldout(c["id"], cfg.learn.gate_fraction)]
-    rows = []
+    out = []
     for conv in reversed(convs):
         try:
-            rows.append(lmsys_row(pipeline.record(conv, Counter(), Counter(), None)))
+            out.append(records.record(conv))
         except Skip:
             continue
-        if len(rows) >= cfg.learn.gate_conversations:
+        if len(out) >= cfg.learn.gate_conversations:
             break
-    return rows
+    return out
 
 
-def reservoir_rows(store, cfg, ranges: list[tuple[int, int]], n: int, seed: int) -> list[dict]:
+def reservoir_records(store, cfg, ranges: list[tuple[int, int]], n: int, seed: int, new: list[Conversation]
+                      ) -> list[Conversation]:
     """`n` past conversations the current version's lineage learned from (whole; sampled with the round's
-    seed), replayed against forgetting what earlier rounds taught. Deleted or withdrawn ones are gone."""
+    seed), replayed against forgetting what earlier rounds taught. Deleted or withdrawn ones are gone; one that
+    duplicates a new record of the round is left out (the round's dedup spans both)."""
     if n <= 0 or not ranges:
         return []
-    pipeline = Pipeline(cfg)
+    records = StoreRecords(cfg)
+    for rec in new:  # so the steps' dedup knows the round's own records
+        records.steps.filter.remember(rec)
     seen, pool = set(), []
     for after, upto in ranges:
         for conv in store.consented_messages(after, upto):
@@ -161,26 +156,19 @@ def reservoir_rows(store, cfg, ranges: list[tuple[int, int]], n: int, seed: int)
                 seen.add(conv["id"])
                 pool.append(conv)
     rng = random.Random(seed)
-    rows = []
+    out = []
     for conv in rng.sample(pool, min(n, len(pool))):
         full = store.conversation(conv["id"])
         if full is None:
             continue
         conv = {**conv, "messages": [{"role": m["role"], "content": m["content"]} for m in full["messages"]]}
         try:
-            rows.append({**lmsys_row(pipeline.record(conv, Counter(), Counter(), None)), "reservoir": True})
+            rec = records.record(conv)
         except Skip:
             continue
-    return rows
-
-
-def lmsys_row(rec: Conversation) -> dict:
-    row = {"conversation_id": rec.id, "model": "store", "language": rec.language, "turn":
-           sum(m.role == "assistant" for m in rec.messages), "redacted": False, "openai_moderation": [],
-           "conversation": [{"role": m.role, "content": m.content} for m in rec.messages]}
-    if rec.meta.get("first_new"):
-        row["convlearn_first_new"] = rec.meta["first_new"]
-    return row
+        rec.meta["reservoir"] = True
+        out.append(rec)
+    return out
 
 
 def _blocklist(path: str | None) -> list[re.Pattern]:

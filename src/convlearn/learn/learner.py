@@ -15,21 +15,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 from ..config import SourceConfig, dump_config
 from ..errors import UserError
-from ..store import Store, default_url
+from ..models import load_tokenizer, model_spec
+from ..store import RoundDir, ServeDir, Store, Version
 from ..store.versions import BASE_VERSION, ensure_base
-from ..train import precision as precision_mod
 from ..train.checkpoint import complete_checkpoints
-from ..models import load_tokenizer, model_spec, resolve_device
-from .intake import heldout_rows, read_round, reservoir_rows
+from .intake import heldout_records, read_round, reservoir_records
+from .records import GateDecision, RoundPlan, RoundRecord, TrainingOutcome
+
+log = logging.getLogger("convlearn.learn")
 
 CURSOR, ROUND = "learn_cursor", "learn_round"
 # What `convlearn learn` trains with where the config file does not say: layer-wise GaLore (full gradients never
@@ -54,31 +56,23 @@ def learn_config(path: str | None, sets: list[str]):
     return load_config(path, defaults + list(sets), require=("model.name",))
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
+def _write_records(path: Path, records: list) -> None:
+    """A round's records in convlearn's native format (data/sources.py `convlearn`), trained on as they are."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+        for r in records:
+            fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
     os.replace(tmp, path)
 
 
 class Learner:
-    def __init__(self, cfg, store: Store | None = None, log=print):
+    def __init__(self, cfg, store: Store | None = None):
         self.learn = cfg.learn
-        self.dir = Path(self.learn.dir).resolve()
+        self.dir = ServeDir(Path(self.learn.dir))
         # rounds and the gate share one data cache, in the serve directory
-        self.cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_dir=str(self.dir / "cache")))
-        self.store = store or Store(self.learn.store or default_url(self.dir))
-        self.log = log
+        self.cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_dir=str(self.dir.cache)))
+        self.store = store or Store(self.learn.store or self.dir.store_url)
         ensure_base(self.store, cfg.model.name)
-        # a hook for fault tests: called with the round's trainer before it runs
-        self.on_trainer = None
 
     # -- when -------------------------------------------------------------------------------------------
     def cursor(self) -> int:
@@ -103,13 +97,13 @@ class Learner:
             out.append("knowledge probes (eval.probes is null)")
         return out
 
-    def run(self, rounds: int | None = None, once: bool = False, stop=None) -> list[dict]:
+    def run(self, rounds: int | None = None, once: bool = False, stop=None) -> list[RoundRecord]:
         """Rounds when due (every poll), until `rounds` ran or `stop()`; `once`: one round now if anything
         waits, then return."""
         off = self.unmeasured()
         if off:
-            self.log(f"convlearn learn: the gate will not measure: {'; '.join(off)}")
-        done: list[dict] = []
+            log.warning("the gate will not measure: %s", "; ".join(off))
+        done: list[RoundRecord] = []
         while True:
             if once or self.due() or self._unfinished():
                 record = self.round()
@@ -122,54 +116,49 @@ class Learner:
             time.sleep(self.learn.poll_seconds)
 
     def _unfinished(self) -> bool:
-        return (self._round_dir(self._next_round()) / "plan.json").is_file()
+        return self._round_dir(self._next_round()).plan.is_file()
 
     def _next_round(self) -> int:
         return int(self.store.pointer(ROUND, "0")) + 1
 
-    def _round_dir(self, n: int) -> Path:
-        return self.dir / "rounds" / f"r{n:04d}"
+    def _round_dir(self, n: int) -> RoundDir:
+        return self.dir.round(n)
 
     # -- one round --------------------------------------------------------------------------------------
-    def round(self) -> dict | None:
+    def round(self) -> RoundRecord | None:
         n, cursor = self._next_round(), self.cursor()
         rdir = self._round_dir(n)
         plan = self._plan(n, cursor, rdir)
         if plan is None:
             return None
         started = time.time()
-        record = {"round": n, "version": f"v{n}", "parent": plan["parent"], "intake": plan["intake"],
-                  "reservoir": plan["reservoir"], "heldout_for_gate": plan["heldout"]}
-        if not plan["train_rows"]:
-            self.log(f"round {n}: nothing to train on ({plan['intake']['read']} read, dropped "
-                     f"{plan['intake']['dropped']}, {plan['intake']['heldout_for_gate']} held out for the gate)")
-            self.store.set_pointers({CURSOR: str(plan["upto"]), ROUND: str(n)})
-            record["status"] = "empty"
-            _write_json(rdir / "round.json", record)
+        record = RoundRecord(n, plan.version, plan.parent, plan.intake, plan.reservoir, plan.heldout)
+        if not plan.train_rows:
+            i = plan.intake
+            log.info("round %d: nothing to train on (%d read, dropped %s, %d held out for the gate)", n, i.read,
+                     i.dropped, i.heldout_for_gate)
+            self.store.set_pointers({CURSOR: str(plan.upto), ROUND: str(n)})
+            record.save(rdir.record)
             return record
-        training = self._train(plan, rdir)
-        record["training"] = training
+        record.training = self._train(plan, rdir)
         t_gate = time.time()
-        decision = self._gate(plan, rdir, training)
-        record["gate"] = decision
-        record["seconds"] = {"train": training.get("seconds"), "gate": round(time.time() - t_gate, 1)}
-        self._commit(n, plan, rdir, decision, record)
-        record["seconds"]["round"] = round(time.time() - started, 1)
-        record["seconds"]["since_oldest_conversation"] = round(time.time() - plan["oldest"], 1) \
-            if plan.get("oldest") else None
-        record["status"] = "promoted" if decision["promote"] else "rejected"
-        _write_json(rdir / "round.json", record)
-        self.log(f"round {n}: {record['status']} v{n}" + ("" if decision["promote"] else
-                                                           f" ({'; '.join(decision['reasons'])})"))
+        record.gate = self._gate(plan, rdir, record.training)
+        record.seconds = {"train": record.training.seconds, "gate": round(time.time() - t_gate, 1)}
+        self._commit(plan, rdir, record.gate)
+        record.seconds["round"] = round(time.time() - started, 1)
+        record.seconds["since_oldest_conversation"] = round(time.time() - plan.oldest, 1) if plan.oldest else None
+        record.status = "promoted" if record.gate.promote else "rejected"
+        record.save(rdir.record)
+        log.info("round %d: %s %s%s", n, record.status, record.version,
+                 "" if record.gate.promote else f" ({'; '.join(record.gate.reasons)})")
         return record
 
-    def _plan(self, n: int, cursor: int, rdir: Path) -> dict | None:
-        path = rdir / "plan.json"
-        if path.is_file():
-            plan = json.loads(path.read_text())
-            if plan["after"] == cursor:
+    def _plan(self, n: int, cursor: int, rdir: RoundDir) -> RoundPlan | None:
+        if rdir.plan.is_file():
+            plan = RoundPlan.load(rdir.plan)
+            if plan.after == cursor:
                 return plan  # a restart: the same conversations, the same data files
-            shutil.rmtree(rdir)  # a plan for a cursor already committed (cannot happen unless edited): redo
+            shutil.rmtree(rdir.root)  # a plan for a cursor already committed (cannot happen unless edited): redo
         upto = self.store.last_message_id()
         if upto <= cursor:
             return None
@@ -177,126 +166,108 @@ class Learner:
         seed = self.cfg.seed + n
         intake = read_round(self.store, self.cfg, cursor, upto, seed)
         pending = self.store.consented_messages(cursor, upto)
-        ranges = [(v["seq_from"], v["seq_to"]) for v in self.store.lineage(current["id"])
-                  if v["status"] == "promoted" and v["seq_to"] is not None]
-        reservoir = reservoir_rows(self.store, self.cfg, ranges, round(self.learn.reservoir_ratio * len(intake.rows)),
-                                   seed) if intake.rows else []
-        heldout = heldout_rows(self.store, self.cfg, upto)
-        rdir.mkdir(parents=True, exist_ok=True)
-        (rdir / "data").mkdir(exist_ok=True)
-        _write_jsonl(rdir / "data" / "train.jsonl", intake.rows + reservoir)
-        _write_jsonl(rdir / "data" / "heldout.jsonl", heldout)
-        plan = {"round": n, "after": cursor, "upto": upto, "parent": current["id"], "parent_path": current["path"],
-                "seed": seed, "intake": intake.record(), "train_rows": len(intake.rows), "reservoir": len(reservoir),
-                "heldout": len(heldout), "oldest": min((c["created"] for c in pending), default=None)}
-        _write_json(path, plan)
+        ranges = [(v.seq_from, v.seq_to) for v in self.store.lineage(current.id)
+                  if v.status == "promoted" and v.seq_to is not None]
+        reservoir = reservoir_records(self.store, self.cfg, ranges,
+                                      round(self.learn.reservoir_ratio * len(intake.records)), seed,
+                                      intake.records) if intake.records else []
+        heldout = heldout_records(self.store, self.cfg, upto)
+        rdir.data.mkdir(parents=True, exist_ok=True)
+        _write_records(rdir.train_records, intake.records + reservoir)
+        _write_records(rdir.heldout_records, heldout)
+        plan = RoundPlan(n, cursor, upto, current.id, current.path, seed, intake.counts(), len(intake.records),
+                         len(reservoir), len(heldout), min((c["created"] for c in pending), default=None))
+        plan.save(rdir.plan)
         return plan
 
-    def _round_config(self, plan: dict, rdir: Path):
+    def _round_config(self, plan: RoundPlan, rdir: RoundDir):
         cfg, t = self.cfg, self.cfg.train
-        rows = plan["train_rows"] + plan["reservoir"]
+        rows = plan.train_rows + plan.reservoir
         steps = max(1, min(t.max_steps, math.ceil(self.learn.epochs * rows / (t.batch_size * t.grad_accum))))
-        data = dataclasses.replace(cfg.data, sources=[SourceConfig(path=str(rdir / "data" / "train.jsonl"),
-                                                                   format="lmsys")],
+        data = dataclasses.replace(cfg.data, sources=[SourceConfig(path=str(rdir.train_records), format="convlearn")],
                                    heldout_fraction=0.0, max_conversations=None)
         return dataclasses.replace(
-            cfg, data=data, model=dataclasses.replace(cfg.model, name=plan["parent_path"], revision=None),
+            cfg, data=data, model=dataclasses.replace(cfg.model, name=plan.parent_path, revision=None),
             train=dataclasses.replace(t, max_steps=steps, warmup_steps=min(t.warmup_steps, steps // 2)),
             eval=dataclasses.replace(cfg.eval, schedule=[], final_suite=None, every=0),
-            logging=dataclasses.replace(cfg.logging, progress=False), output_dir=str(rdir / "run"))
+            logging=dataclasses.replace(cfg.logging, progress=False), output_dir=str(rdir.run))
 
-    def _train(self, plan: dict, rdir: Path) -> dict:
+    def _train(self, plan: RoundPlan, rdir: RoundDir) -> TrainingOutcome:
+        """The round's training: `convlearn train` on the round's config (resumed from the newest intact
+        checkpoint after a kill), then its candidate exported as a self-contained model folder."""
         from ..experiments.export import export
-        from ..train.build import build_trainer, set_up_run
-        from ..train.checkpoint import link_final
+        from ..experiments.run import run_training
         from ..train.loop import RunStopped
-        done = rdir / "training.json"
-        if done.is_file():
-            return json.loads(done.read_text())
+        if rdir.training.is_file():
+            return TrainingOutcome.load(rdir.training)
         cfg = self._round_config(plan, rdir)
-        run_dir = rdir / "run"
-        resume = bool(complete_checkpoints(run_dir))
-        if run_dir.exists() and not resume:
-            shutil.rmtree(run_dir)  # killed before its first checkpoint: start the round's training again
+        resume = bool(complete_checkpoints(rdir.run))
+        if rdir.run.exists() and not resume:
+            shutil.rmtree(rdir.run)  # killed before its first checkpoint: start the round's training again
         started = time.time()
-        setup = set_up_run(cfg, run_dir, resume=resume)
-        out: dict = {"steps_planned": cfg.train.max_steps, "resumed": resume}
+        out = TrainingOutcome(steps_planned=cfg.train.max_steps, resumed=resume)
         try:
-            trainer = build_trainer(setup)
-            if self.on_trainer is not None:
-                self.on_trainer(trainer)
-            summary = trainer.run()
-            out.update(steps=summary["steps"], final_loss=summary["final_loss"], tokens=summary["tokens"],
-                       skipped_steps=summary["skipped_steps"], tokens_per_s=summary["tokens_per_s"],
-                       precision=summary["precision"], method=summary["method_label"])
-            if summary["skipped_steps"]:
-                out["non_finite"] = f"{summary['skipped_steps']} steps with a non-finite loss or gradient"
+            summary = run_training(cfg, rdir.run, resume=resume)
+            out = dataclasses.replace(out, steps=summary.steps, final_loss=summary.final_loss, tokens=summary.tokens,
+                                      skipped_steps=summary.skipped_steps, tokens_per_s=summary.tokens_per_s,
+                                      precision=summary.precision, method=summary.method_label)
+            if summary.skipped_steps:
+                out.non_finite = f"{summary.skipped_steps} steps with a non-finite loss or gradient"
         except RunStopped as e:
-            out["non_finite"] = str(e)
-        finally:
-            setup.dist.close()
-        if "non_finite" not in out:
-            link_final(run_dir)
-            candidate = rdir / "candidate"
-            shutil.rmtree(candidate, ignore_errors=True)
-            export(run_dir, candidate, merge=setup.method.adapter)
-            out["candidate"] = str(candidate)
-        out["seconds"] = round(time.time() - started, 1)
-        _write_json(done, out)
+            out.non_finite = str(e)
+        if not out.failed:
+            shutil.rmtree(rdir.candidate, ignore_errors=True)
+            export(rdir.run, rdir.candidate, merge=True)
+            out.candidate = str(rdir.candidate)
+        out.seconds = round(time.time() - started, 1)
+        out.save(rdir.training)
         return out
 
-    def _gate(self, plan: dict, rdir: Path, training: dict) -> dict:
+    def _gate(self, plan: RoundPlan, rdir: RoundDir, training: TrainingOutcome) -> GateDecision:
         from .gate import Gate
-        path = rdir / "gate.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        if "non_finite" in training:
-            decision = {"promote": False, "reasons": [f"training: {training['non_finite']}"],
-                        "checks": {"training": {"status": "fail", "detail": training["non_finite"]}}, "figures": {}}
+        if rdir.gate.is_file():
+            return GateDecision.load(rdir.gate)
+        if training.failed:
+            decision = GateDecision.of({"training": training.check()})
         else:
-            device = resolve_device(self.cfg.model.device)
-            prec = precision_mod.resolve(self.cfg.train.precision, device)
-            tokenizer = load_tokenizer(plan["parent_path"])
+            tokenizer = load_tokenizer(plan.parent_path)
             spec = model_spec(self.cfg.model.name, self.cfg.model.revision)
-            gate = Gate(self.cfg, tokenizer, spec, rdir / "data" / "heldout.jsonl" if plan["heldout"] else None,
-                        rdir / "gate", self.dir / "gate-cache")
-            current = {"id": plan["parent"], "path": plan["parent_path"]}
+            gate = Gate(self.cfg, tokenizer, spec, rdir.heldout_records if plan.heldout else None, rdir.gate_work,
+                        self.dir.gate_cache)
+            current = self.store.version(plan.parent)
             base = self.store.version(BASE_VERSION)
-            decision = gate.judge(current, training["candidate"], f"v{plan['round']}", prec, training,
-                                  base={"id": base["id"], "path": base["path"]} if base else None)
-        decision["unmeasured"] = self.unmeasured()
-        _write_json(path, decision)
+            decision = gate.judge(current, training.candidate, plan.version, training, base=base)
+        decision.unmeasured = self.unmeasured()
+        decision.save(rdir.gate)
         return decision
 
-    def _commit(self, n: int, plan: dict, rdir: Path, decision: dict, record: dict) -> None:
-        vid = f"v{n}"
+    def _commit(self, plan: RoundPlan, rdir: RoundDir, decision: GateDecision) -> None:
+        vid = plan.version
         if self.store.version(vid) is not None:
             return  # committed before a kill: nothing to redo
-        final = self.dir / "versions" / vid
-        candidate = rdir / "candidate"
-        if decision["promote"]:
+        final = self.dir.version(vid)
+        if decision.promote:
             final.parent.mkdir(parents=True, exist_ok=True)
-            if candidate.is_dir():
+            if rdir.candidate.is_dir():
                 if final.exists():  # a folder left by a kill before the commit: not served, replace it
                     shutil.rmtree(final)
-                os.replace(candidate, final)
+                os.replace(rdir.candidate, final)
             elif not final.is_dir():
-                raise UserError(f"round {n}: the candidate folder is gone and {final} does not exist")
-        row = {"id": vid, "parent": plan["parent"], "status": "promoted" if decision["promote"] else "rejected",
-               "path": str(final if decision["promote"] else candidate), "seq_from": plan["after"],
-               "seq_to": plan["upto"], "conversations": plan["train_rows"], "round": n,
-               "gate": {"reasons": decision["reasons"], "checks": decision["checks"],
-                        "figures": decision.get("figures", {}), "intake": plan["intake"]}}
-        self.store.record_version(row, {CURSOR: str(plan["upto"]), ROUND: str(n)},
-                                  make_current=decision["promote"])
+                raise UserError(f"round {plan.round}: the candidate folder is gone and {final} does not exist")
+        version = Version(vid, "promoted" if decision.promote else "rejected",
+                          str(final if decision.promote else rdir.candidate), parent=plan.parent,
+                          seq_from=plan.after, seq_to=plan.upto, conversations=plan.train_rows, round=plan.round,
+                          gate={**decision.to_json(), "intake": plan.intake.to_json()})
+        self.store.record_version(version, {CURSOR: str(plan.upto), ROUND: str(plan.round)},
+                                  make_current=decision.promote)
 
 
 def rollback(store: Store, version_id: str) -> dict:
     """Make an older promoted (or the base) version current; the server swaps to it between requests."""
-    before = store.pointer("current_version")
+    before = store.current_id()
     row = store.version(version_id)
-    path = Path(row["path"]) if row and row.get("path") else None
-    if row is not None and row["status"] != "base" and not (path and path.is_dir()):
+    path = Path(row.path) if row and row.path else None
+    if row is not None and row.status != "base" and not (path and path.is_dir()):
         # the server would keep the old version and log a failed swap every poll: refuse here, with the path
         raise UserError(f"version {version_id}: its model folder {path} is gone; restore it first")
     store.set_current(version_id)
@@ -304,24 +275,24 @@ def rollback(store: Store, version_id: str) -> dict:
 
 
 def versions_table(store: Store) -> str:
-    current = store.pointer("current_version")
+    current = store.current_id()
     lines = [f"{'version':8} {'status':9} {'parent':7} {'conversations':>13}  gate"]
     for v in store.versions():
-        gate = v.get("gate") or {}
-        figs = gate.get("figures", {}).get("candidate", {})
+        gate = GateDecision.from_json(v.gate or {})
+        figs = gate.figures.get("candidate", {})
         shown = ", ".join(f"{k} {val:.3g}" for k, val in figs.items() if isinstance(val, (int, float)))
-        why = "; ".join(gate.get("reasons", []))
-        mark = "*" if v["id"] == current else " "
-        lines.append(f"{mark}{v['id']:7} {v['status']:9} {v['parent'] or '-':7} "
-                     f"{v['conversations'] if v['conversations'] is not None else '-':>13}  "
+        why = "; ".join(gate.reasons)
+        mark = "*" if v.id == current else " "
+        lines.append(f"{mark}{v.id:7} {v.status:9} {v.parent or '-':7} "
+                     f"{v.conversations if v.conversations is not None else '-':>13}  "
                      f"{shown}{' | rejected: ' + why if why else ''}")
     return "\n".join(lines) + "\n(* current)"
 
 
 def learn(cfg, once: bool = False, rounds: int | None = None) -> int:
-    learner = Learner(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
-    (learner.dir / "learn-config.yaml").write_text(dump_config(cfg))
+    learner = Learner(cfg)
+    learner.dir.learn_config.write_text(dump_config(cfg))
     done = learner.run(rounds=rounds, once=once)
-    for r in done:
-        print(json.dumps({k: r.get(k) for k in ("round", "status", "version", "seconds")}))
+    for r in done:  # the command's output: one JSON line per round
+        print(json.dumps({"round": r.round, "status": r.status, "version": r.version, "seconds": r.seconds}))
     return 0

@@ -243,10 +243,10 @@ def create_app(holder: ModelHolder, store: Store, limits: Limits) -> FastAPI:
     @app.get("/v1/versions")
     async def version_list(request: Request):
         key_of(request)
-        current = store.pointer("current_version")
+        current = await run_in_threadpool(store.current_id)
         rows = await run_in_threadpool(store.versions)
         return {"current": current, "serving": holder.engine().version,
-                "data": [{k: v for k, v in r.items() if k != "path"} for r in rows]}
+                "data": [{k: v for k, v in r.values().items() if k != "path"} for r in rows]}
 
     @app.post("/v1/feedback")
     async def give_feedback(request: Request):

@@ -11,6 +11,7 @@ its end, so a swap to a newly promoted (or rolled back) version happens between 
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
     TextIteratorStreamer
 
 from ..models import FAMILIES, resolve_device
+from ..store import Version
+
+log = logging.getLogger("convlearn.serve")
 
 
 @dataclass
@@ -134,7 +138,7 @@ class TransformersEngine:
 class ModelHolder:
     """The (version, engine) that answers now, and the swap to another between requests."""
 
-    def __init__(self, loader: Callable[[dict], Engine], first: dict):
+    def __init__(self, loader: Callable[[Version], Engine], first: Version):
         self.loader = loader
         self._lock = threading.Lock()
         self.current = loader(first)
@@ -145,23 +149,24 @@ class ModelHolder:
         with self._lock:
             return self.current
 
-    def swap_to(self, version: dict) -> None:
+    def swap_to(self, version: Version) -> None:
         """Load `version` off the request path, then make it current in one assignment."""
         engine = self.loader(version)
         with self._lock:
             self.current = engine
             self.swaps += 1
+        log.info("now serving version %s (%s)", version.id, version.path)
 
-    def watch(self, current_version: Callable[[], dict | None], every_s: float = 2.0) -> threading.Thread:
+    def watch(self, current_version: Callable[[], Version | None], every_s: float = 2.0) -> threading.Thread:
         """Poll the store's current-version pointer; swap when it names another version."""
         def loop():
             while not self._stop.wait(every_s):
                 try:
                     version = current_version()
-                    if version is not None and version["id"] != self.engine().version:
+                    if version is not None and version.id != self.engine().version:
                         self.swap_to(version)
                 except Exception as e:  # a version that fails to load leaves the current one serving
-                    print(f"convlearn serve: could not swap versions: {e}", flush=True)
+                    log.warning("could not swap to version %s: %s", getattr(version, "id", "?"), e)
         thread = threading.Thread(target=loop, name="convlearn-version-watch", daemon=True)
         thread.start()
         return thread

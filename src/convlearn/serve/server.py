@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..store import Store, open_store
+from ..store import ServeDir, Store, open_store
 from ..store.versions import ensure_base
 from .api import Limits, create_app
 from .engine import ModelHolder, TransformersEngine
@@ -20,7 +20,7 @@ from .engine import ModelHolder, TransformersEngine
 def default_dir(target: str) -> Path:
     """A learner or run directory serves from itself; a model from ./convlearn-live."""
     path = Path(target)
-    if path.is_dir() and ((path / "store.sqlite").exists() or (path / "final").exists()):
+    if path.is_dir() and (ServeDir.holds_store(path) or (path / "final").exists()):
         return path
     return Path("convlearn-live")
 
@@ -46,7 +46,7 @@ def build(target: str, folder: str | Path | None = None, store_url: str | None =
     folder = Path(folder) if folder else default_dir(target)
     store = open_store(folder, store_url)
     first = ensure_base(store, target)
-    holder = ModelHolder(lambda v: TransformersEngine(v["path"], v["id"], device), first)
+    holder = ModelHolder(lambda v: TransformersEngine(v.path, v.id, device), first)
     holder.watch(store.current_version, poll_s)
     app = create_app(holder, store, limits or Limits())
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

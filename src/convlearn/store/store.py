@@ -18,6 +18,7 @@ from pathlib import Path
 from sqlalchemy import and_, create_engine, delete, func, select, text, update
 
 from ..errors import UserError
+from .layout import ServeDir
 from .schema import conversations, feedback, keys, messages, migrate, pointers, sqlite_pragmas, versions
 
 KEY_PREFIX = "cl-"
@@ -40,8 +41,31 @@ class ApiKey:
     consent_default: bool
 
 
+@dataclass(frozen=True)
+class Version:
+    """A model version: the base (v0), or a learning round's candidate, promoted or rejected."""
+    id: str
+    status: str                    # base | promoted | rejected
+    path: str                      # its model folder
+    parent: str | None = None
+    created: float = 0.0
+    seq_from: int | None = None    # the message-id range it learned from: (seq_from, seq_to]
+    seq_to: int | None = None
+    conversations: int | None = None
+    gate: dict | None = None       # the gate's decision as JSON (learn/records.py GateDecision)
+    round: int | None = None
+
+    @classmethod
+    def from_row(cls, row) -> "Version":
+        m = row._mapping
+        return cls(**{f: m[f] for f in cls.__dataclass_fields__})
+
+    def values(self) -> dict:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
 def default_url(folder: str | Path) -> str:
-    return f"sqlite:///{Path(folder).resolve() / 'store.sqlite'}"
+    return ServeDir(Path(folder)).store_url
 
 
 def open_store(folder: str | Path | None, url: str | None = None) -> "Store":
@@ -263,16 +287,16 @@ class Store:
             for name, value in values.items():
                 self._set_pointer(c, name, value)
 
-    def record_version(self, version: dict, pointers_: dict[str, str] | None = None, make_current: bool = False
+    def record_version(self, version: Version, pointers_: dict[str, str] | None = None, make_current: bool = False
                        ) -> None:
         """A version row and the pointers that go with it (the learner's cursor; `current` when promoted), in
         one transaction: the model folder exists before, so a version is never current half-written."""
         with self.engine.begin() as c:
-            c.execute(versions.insert().values(created=time.time(), **version))
+            c.execute(versions.insert().values({**version.values(), "created": version.created or time.time()}))
             for name, value in (pointers_ or {}).items():
                 self._set_pointer(c, name, value)
             if make_current:
-                self._set_pointer(c, CURRENT, version["id"])
+                self._set_pointer(c, CURRENT, version.id)
 
     def set_current(self, version_id: str) -> None:
         with self.engine.begin() as c:
@@ -283,20 +307,24 @@ class Store:
                 raise UserError(f"version {version_id} was rejected by the gate; it cannot be made current")
             self._set_pointer(c, CURRENT, version_id)
 
-    def current_version(self) -> dict | None:
-        vid = self.pointer(CURRENT)
+    def current_id(self) -> str | None:
+        """The id of the version that serves now (the server follows this pointer)."""
+        return self.pointer(CURRENT)
+
+    def current_version(self) -> Version | None:
+        vid = self.current_id()
         return self.version(vid) if vid else None
 
-    def version(self, version_id: str) -> dict | None:
+    def version(self, version_id: str) -> Version | None:
         with self.engine.connect() as c:
             row = c.execute(select(versions).where(versions.c.id == version_id)).first()
-        return dict(row._mapping) if row else None
+        return Version.from_row(row) if row else None
 
-    def versions(self) -> list[dict]:
+    def versions(self) -> list[Version]:
         with self.engine.connect() as c:
-            return [dict(r._mapping) for r in c.execute(select(versions).order_by(versions.c.created))]
+            return [Version.from_row(r) for r in c.execute(select(versions).order_by(versions.c.created))]
 
-    def lineage(self, version_id: str) -> list[dict]:
+    def lineage(self, version_id: str) -> list[Version]:
         """The version and its parents back to the base, newest first."""
         out, seen = [], set()
         while version_id and version_id not in seen:
@@ -305,7 +333,7 @@ class Store:
             if row is None:
                 break
             out.append(row)
-            version_id = row["parent"]
+            version_id = row.parent
         return out
 
     def integrity_check(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
+from .store import Version
 
 BASE_VERSION = "v0"
 
@@ -24,14 +25,13 @@ def resolve_model(target: str) -> str:
     return target
 
 
-def ensure_base(store, target: str) -> dict:
+def ensure_base(store, target: str) -> Version:
     """The version to serve or learn from: the store's current one, or (a new store) `target` recorded as v0."""
     current = store.current_version()
     if current is not None:
         return current
     if store.version(BASE_VERSION) is None:
-        store.record_version({"id": BASE_VERSION, "parent": None, "status": "base", "path": resolve_model(target)},
-                             make_current=True)
+        store.record_version(Version(BASE_VERSION, "base", resolve_model(target)), make_current=True)
     else:
         store.set_current(BASE_VERSION)
     return store.current_version()

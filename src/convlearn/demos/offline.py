@@ -9,54 +9,15 @@ at the end; 5. write the report (tables, plots, verdicts with intervals) and pri
 """
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
-from ..config import load_config
 from ..data.docstring_cloze import write_docstring_cloze
 from ..data.probes import write_probes
 from ..errors import UserError
-from ..tiny import build_tiny_model
-from ..train.checkpoint import MODEL_DIR, checkpoint_path
-from .report import headline_table, write_report
-from .run import run_training
-from .sweep import PACKAGED, load_sweep, run_sweep
-
-
-# The documents the base model learns (the first ones of the standard library's docstrings, 90% trained on): few
-# enough that a 1.5 M-parameter model learns them in a few minutes, so the retention benchmark built from them
-# is well above chance (tiny/base.yaml's replay and original-text evaluation read the same documents).
-PRETRAIN_DOCUMENTS = 600
-
-
-def tiny_twin(out: Path) -> Path:
-    """The demos' tiny Qwen2 twin, `out`/tiny-qwen2 (built once)."""
-    tiny = out / "tiny-qwen2"
-    if not (tiny / "config.json").is_file():
-        build_tiny_model("qwen2", tiny, seed=0)
-    return tiny
-
-
-def pretrain_base(out: Path, tiny: Path, steps: int, documents: int = PRETRAIN_DOCUMENTS) -> Path:
-    """The base model: the twin trained on docstrings with our own loop, saved with its tokenizer."""
-    base = out / "base"
-    if (base / "config.json").is_file():
-        return base
-    cfg = load_config(None, [
-        f"model.name={tiny}", f"data.sources=[{{path: python-docstrings, format: text, limit: {documents}}}]",
-        "data.heldout_fraction=0.1", "logging.tensorboard=false",
-        f"data.cache_dir={out / 'cache'}", "render.max_seq_len=128", "method.name=adamw", f"train.max_steps={steps}",
-        "train.batch_size=16", "train.lr=0.003", "train.warmup_steps=20", "train.save_every=0",
-        "eval.schedule=[]", "eval.final_suite=null", "logging.progress=false"])
-    run_dir = out / "pretrain"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_training(cfg, run_dir)
-    shutil.copytree(checkpoint_path(run_dir, steps) / MODEL_DIR, base)
-    for f in tiny.iterdir():  # the tokenizer travels with the weights
-        if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
-            shutil.copy(f, base / f.name)
-    return base
+from ..experiments.report import headline_table, write_report
+from ..experiments.sweep import PACKAGED, load_sweep, run_sweep
+from .base import PRETRAIN_DOCUMENTS, pretrain_base, tiny_twin
 
 
 def run_demo(out: str | Path, pretrain_steps: int = 400, train_steps: int = 200, pilot_steps: int = 60) -> dict:

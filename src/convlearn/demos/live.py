@@ -25,10 +25,14 @@ from ..data.docstring_cloze import write_docstring_cloze
 from ..data.probes import make_probes
 from ..data.records import DataStats
 from ..data.stream import read_source
-from ..experiments.demo import PRETRAIN_DOCUMENTS, pretrain_base, tiny_twin
-from ..experiments.stats import above_chance
-from .canary import RISK_KNOBS, exposures, make_canaries, prompt_renderer
-from .learner import Learner
+from ..eval.stats import above_chance
+from ..learn.canary import RISK_KNOBS, exposures, make_canaries, prompt_renderer
+from ..learn.learner import Learner
+from ..learn.records import GateDecision
+from ..serve.api import Limits
+from ..serve.server import start_in_thread
+from ..store import ServeDir
+from .base import PRETRAIN_DOCUMENTS, chat_base, pretrain_base, tiny_twin
 
 THANKS = ["Thanks, that is right.", "Good, now you know.", "Right, remember that.", "Yes, exactly that."]
 CORRECTIONS = ["Actually, {fact} Please remember that.", "That is not right. {fact}",
@@ -111,31 +115,7 @@ def _talk(url: str, keys: dict, sessions: list, threads: int = 2) -> dict:
     return counts
 
 
-def chat_base(out: Path, docstring_base: Path, steps: int) -> Path:
-    """The live demo's served model: the docstring base taught to chat (chatterbot conversations, with a third
-    of each batch docstrings so it keeps them), so the replies it serves are sentences, not token soup; what
-    users teach it later is then learned beside fluent text, as with a real instruction model."""
-    from ..experiments.run import run_training
-    from ..train.checkpoint import MODEL_DIR, checkpoint_path
-    chat = out / "chat-base"
-    if (chat / "config.json").is_file():
-        return chat
-    cfg = load_config(None, [
-        f"model.name={docstring_base}", "data.sources=[{path: chatterbot}]", "data.heldout_fraction=0.05",
-        f"data.cache_dir={out / 'cache'}", "render.max_seq_len=128", "method.name=adamw", f"train.max_steps={steps}",
-        "train.batch_size=16", "train.lr=0.003", "train.warmup_steps=10", "train.save_every=0", "replay.ratio=0.33",
-        f"replay.original={{path: python-docstrings, format: text, limit: {PRETRAIN_DOCUMENTS}}}",
-        "eval.schedule=[]", "eval.final_suite=null", "logging.progress=false", "logging.tensorboard=false"])
-    run_dir = out / "chat-tune"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_training(cfg, run_dir)
-    shutil.copytree(checkpoint_path(run_dir, steps) / MODEL_DIR, chat)
-    return chat
-
-
 def run_live(out: str | Path, quick: bool = False) -> dict:
-    from ..serve.api import Limits
-    from ..serve.server import start_in_thread
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -149,7 +129,7 @@ def run_live(out: str | Path, quick: bool = False) -> dict:
         (out / "probes" / f"{name}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in ps))
     write_docstring_cloze(out / "retention", questions=100 if quick else 300, documents=PRETRAIN_DOCUMENTS)
     canaries = make_canaries(seed=2, per_group=1 if quick else 2, insertions=4)
-    chat = [m.content for c in read_source(SourceConfig(path="chatterbot"), DataStats(), None, False)
+    chat = [m.content for c in read_source(SourceConfig(path="chatterbot"), DataStats())
             for m in c.messages if m.role == "user" and 12 <= len(m.content) <= 120]
 
     live = out / "live"
@@ -168,10 +148,10 @@ def run_live(out: str | Path, quick: bool = False) -> dict:
         f"eval.probes={out / 'probes' / 'shared.jsonl'}",
         f"eval.benchmarks=[{{name: hellaswag, num_fewshot: 0, data_dir: {out / 'retention'}}}]",
         "eval.criteria.retention_benchmark=hellaswag", "logging.tensorboard=false", "logging.progress=false"])
-    print(f"[2/5] convlearn serve on {base} (store {live / 'store.sqlite'})", flush=True)
+    print(f"[2/5] convlearn serve on {base} (store {ServeDir(live).store_file})", flush=True)
     server = start_in_thread(str(base), _free_port(), folder=live, device="cpu", poll_s=0.3,
                              limits=Limits(concurrency=2, queue=64, rate_per_minute=1_000_000))
-    learner = Learner(cfg, store=server.store, log=lambda m: print(f"      {m}", flush=True))
+    learner = Learner(cfg, store=server.store)
     keys = {"alice": server.store.add_key("alice", consent_default=True),   # shares her chats
             "bob": server.store.add_key("bob", consent_default=False)}      # does not
     rng = random.Random(0)
@@ -183,9 +163,10 @@ def run_live(out: str | Path, quick: bool = False) -> dict:
                   f"then a learning round", flush=True)
             talks.append(_talk(server.url, keys, sessions))
             record = learner.round()
-            rounds.append(record)
+            if record is not None:
+                rounds.append(record)
             deadline = time.time() + 30
-            while record and record["status"] == "promoted" and server.holder.engine().version != record["version"] \
+            while record and record.promoted and server.holder.engine().version != record.version \
                     and time.time() < deadline:
                 time.sleep(0.1)
         print("[5/5] report: every version on both fact sets, retention, canary exposure", flush=True)
@@ -204,28 +185,30 @@ def _report(out, cfg, store, shared, private, canaries, rounds, talks, quick) ->
     import torch
     from ..data.prepare import renderer_for
     from ..eval.probes import probe_figures
-    from ..models import load_from_config, load_tokenizer
+    from ..models import load_from_config, load_tokenizer, resolve_device
+    from ..train.precision import resolve_precision
+    prec = resolve_precision(cfg.train.precision, resolve_device(cfg.model.device))
     tok = load_tokenizer(cfg.model.name)
     renderer = renderer_for(cfg, tok)
 
     def ask(q: str) -> str:
         return renderer.generation_prompt(renderer.messages_from([{"role": "user", "content": q}]))
     rows = []
-    current = store.pointer("current_version")
-    versions = [v for v in store.versions() if v["status"] in ("base", "promoted")]
-    last = versions[-1]["id"]
+    current = store.current_id()
+    versions = [v for v in store.versions() if v.status in ("base", "promoted")]
+    last = versions[-1].id
     canary_report = {}
     for v in versions:
-        model = load_from_config(cfg.model, weights=v["path"], dtype="float32").eval()
-        with torch.no_grad():
+        model = load_from_config(cfg.model, weights=v.path, precision=prec).eval()
+        with torch.no_grad(), prec.autocast():
             figs = {name: probe_figures(model, tok, ps, ask) for name, ps in (("shared", shared),
                                                                              ("private", private))}
-            if v["id"] in ("v0", last):
-                canary_report[v["id"]] = exposures(model, tok, prompt_renderer(renderer), canaries,
-                                                   candidates=500 if quick else 1000, seed=3)
-        gate = (v.get("gate") or {}).get("figures", {}).get("candidate", {})
-        row = {"version": v["id"], "status": v["status"], "current": v["id"] == current,
-               "conversations": v["conversations"], "conversation_ppl": gate.get("conversation_ppl"),
+            if v.id in ("v0", last):
+                canary_report[v.id] = exposures(model, tok, prompt_renderer(renderer), canaries,
+                                                candidates=500 if quick else 1000, seed=3)
+        gate = GateDecision.from_json(v.gate or {}).figures.get("candidate", {})
+        row = {"version": v.id, "status": v.status, "current": v.id == current,
+               "conversations": v.conversations, "conversation_ppl": gate.get("conversation_ppl"),
                "retention": gate.get("retention"), "original_ppl": gate.get("original_ppl")}
         for name, f in figs.items():
             held = f["heldout"]
@@ -236,14 +219,14 @@ def _report(out, cfg, store, shared, private, canaries, rounds, talks, quick) ->
             row["chance"] = f["chance"]
         rows.append(row)
         del model
-    base_gate = next((r["gate"]["figures"].get("current", {}) for r in rounds
-                      if r and r.get("gate", {}).get("figures")), {})
+    base_gate = next((r.gate.figures.get("current", {}) for r in rounds if r.gate and r.gate.figures), {})
     if rows and base_gate:
         rows[0].update(conversation_ppl=base_gate.get("conversation_ppl"), retention=base_gate.get("retention"),
                        original_ppl=base_gate.get("original_ppl"))
-    rejected = [{"version": v["id"], "reasons": (v.get("gate") or {}).get("reasons")} for v in store.versions()
-                if v["status"] == "rejected"]
-    return {"versions": rows, "rejected": rejected, "rounds": rounds, "talk": talks, "canaries": canary_report,
+    rejected = [{"version": v.id, "reasons": GateDecision.from_json(v.gate or {}).reasons} for v in store.versions()
+                if v.status == "rejected"]
+    return {"versions": rows, "rejected": rejected, "rounds": [r.to_json() for r in rounds], "talk": talks,
+            "canaries": canary_report,
             "risk_knobs": RISK_KNOBS, "facts": {"shared": len(shared), "private": len(private)},
             "gate_bounds": _bounds(cfg)}
 
