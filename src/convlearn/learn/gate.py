@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -25,7 +24,8 @@ from ..data.prepare import prepare
 from ..eval.records import EvalRecord
 from ..eval.suites import RunEvaluator
 from ..experiments.stats import accuracy_change, ppl_change
-from ..models import load_from_config
+from ..models import load_from_config, resolve_device
+from ..train.precision import resolve_precision
 
 CONVERSATIONS = ["conversation_ppl"]
 
@@ -71,10 +71,9 @@ class Gate:
         cached = self.cache / f"{version}.json"
         if not conversations and cached.is_file():
             return json.loads(cached.read_text())
-        model = load_from_config(self.cfg.model, weights=folder,
-                                 dtype="bfloat16" if precision == "bf16-mixed" else "float32").eval()
-        with torch.no_grad(), (torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16-mixed"
-                               else nullcontext()):
+        prec = resolve_precision(precision, resolve_device(self.cfg.model.device))
+        model = load_from_config(self.cfg.model, weights=folder, precision=prec).eval()
+        with torch.no_grad(), prec.autocast():
             conv = self.evaluator.run(model, step, "gate_conversations") if conversations else None
             if cached.is_file():
                 fixed = json.loads(cached.read_text())

@@ -226,11 +226,11 @@ class Learner:
             if self.on_trainer is not None:
                 self.on_trainer(trainer)
             summary = trainer.run()
-            out.update(steps=summary["steps"], final_loss=summary["final_loss"], tokens=summary["tokens"],
-                       skipped_steps=summary["skipped_steps"], tokens_per_s=summary["tokens_per_s"],
-                       precision=summary["precision"], method=summary["method_label"])
-            if summary["skipped_steps"]:
-                out["non_finite"] = f"{summary['skipped_steps']} steps with a non-finite loss or gradient"
+            out.update(steps=summary.steps, final_loss=summary.final_loss, tokens=summary.tokens,
+                       skipped_steps=summary.skipped_steps, tokens_per_s=summary.tokens_per_s,
+                       precision=summary.precision, method=summary.method_label)
+            if summary.skipped_steps:
+                out["non_finite"] = f"{summary.skipped_steps} steps with a non-finite loss or gradient"
         except RunStopped as e:
             out["non_finite"] = str(e)
         finally:
@@ -255,7 +255,7 @@ class Learner:
                         "checks": {"training": {"status": "fail", "detail": training["non_finite"]}}, "figures": {}}
         else:
             device = resolve_device(self.cfg.model.device)
-            prec = precision_mod.resolve(self.cfg.train.precision, device)
+            prec = precision_mod.resolve_precision(self.cfg.train.precision, device).mode
             tokenizer = load_tokenizer(plan["parent_path"])
             spec = model_spec(self.cfg.model.name, self.cfg.model.revision)
             gate = Gate(self.cfg, tokenizer, spec, rdir / "data" / "heldout.jsonl" if plan["heldout"] else None,

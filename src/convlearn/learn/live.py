@@ -216,7 +216,7 @@ def _report(out, cfg, store, shared, private, canaries, rounds, talks, quick) ->
     last = versions[-1]["id"]
     canary_report = {}
     for v in versions:
-        model = load_from_config(cfg.model, weights=v["path"], dtype="float32").eval()
+        model = load_from_config(cfg.model, weights=v["path"]).eval()
         with torch.no_grad():
             figs = {name: probe_figures(model, tok, ps, ask) for name, ps in (("shared", shared),
                                                                              ("private", private))}
