@@ -28,6 +28,7 @@ import time
 import torch
 
 from convlearn.train.memory import LEVERS, STANDARD_METHODS
+from convlearn.train.precision import resolve_precision
 
 # The memory table's methods and levers (APOLLO, an optional CC-BY-NC extra, is not carried to the GPU), plus
 # activation checkpointing and the chunked loss; galore8bit last: its library refreshes by full SVD (slow).
@@ -93,11 +94,8 @@ def measure_method(label: str, overrides: list[str], args, dtype, batches) -> di
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     method = build_method(model, cfg, spec, "cuda" if args.device.startswith("cuda") else "cpu")
-    if args.precision == "bf16-mixed":
-        from convlearn.train.precision import frozen_to_bf16
-        frozen_to_bf16(method.model)
-    autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16) \
-        if args.precision == "bf16-mixed" else None
+    prec = resolve_precision(args.precision, args.device)  # as a run holds and computes (train/precision.py)
+    prec.hold_frozen(method.model)
     method.model.train()
     times = []
     for i, batch in enumerate(batches):
@@ -105,7 +103,7 @@ def measure_method(label: str, overrides: list[str], args, dtype, batches) -> di
         t0 = time.perf_counter()
         if method.layerwise is not None:
             method.layerwise.begin_step(1)
-        s, n = token_losses(method.model, batch, autocast, chunk_tokens=cfg.train.loss_chunk_tokens)
+        s, n = token_losses(method.model, batch, prec.autocast(), chunk_tokens=cfg.train.loss_chunk_tokens)
         (s / n).backward()
         if method.layerwise is None:
             torch.nn.utils.clip_grad_norm_(method.trainable, 1.0)
@@ -190,8 +188,8 @@ def main(argv=None) -> None:
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing for every method")
     ap.add_argument("--budget", type=float, default=1e9, help="seconds; methods not started by then are skipped")
     args = ap.parse_args(argv)
-    args.dtype = "bfloat16" if args.precision == "bf16" else "float32"
-    dtype = getattr(torch, args.dtype)
+    prec = resolve_precision(args.precision, args.device)
+    args.dtype, dtype = prec.weight_dtype_name, prec.weight_dtype
     card, peak = card_peak(args.device)
     vocab = build(args.shape, dtype, "meta", args.tiny)[0].config.vocab_size
     g = torch.Generator().manual_seed(1)

@@ -31,10 +31,11 @@ from convlearn.models import REGISTRY, meta_model
 from convlearn.train.memory import LEVERS, STANDARD_METHODS, method_config
 from convlearn.train.methods import count_memory
 from convlearn.train.params import galore_parameters
+from convlearn.train.precision import resolve_precision
 
 GB = 1e9
 LOSS_CHUNK = 1024  # train.loss_chunk_tokens measured beside checkpointing
-PRECISIONS = {"bf16-mixed": "float32", "bf16": "bfloat16"}
+PRECISIONS = ("bf16-mixed", "bf16")  # the GPU modes (train/precision.py)
 LAST = Path(__file__).parent / "results" / "memory-real-shapes.json"
 # The rows: every CPU/GPU method, the levers, and the layer-wise comparisons.
 ROWS = {**STANDARD_METHODS, **LEVERS,
@@ -43,10 +44,9 @@ ROWS = {**STANDARD_METHODS, **LEVERS,
 
 
 def count_all(models: list[str], rows: dict[str, list[str]], precision: str) -> dict[str, dict[str, dict]]:
-    import torch
     out: dict[str, dict[str, dict]] = {}
     for name in models:
-        model, spec = meta_model(name, dtype=getattr(torch, PRECISIONS[precision])), REGISTRY[name]
+        model, spec = meta_model(name, dtype=resolve_precision(precision, "cuda").weight_dtype), REGISTRY[name]
         out[name] = {}
         for label, overrides in rows.items():
             method = method_config(overrides)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from convlearn.train.memory import STANDARD_METHODS
+from convlearn.train.precision import resolve_precision
 
 SHAPE = dict(hidden_size=512, intermediate_size=2816, num_hidden_layers=6, num_attention_heads=8,
              num_key_value_heads=2, vocab_size=8192, max_position_embeddings=1024, tie_word_embeddings=True)
@@ -78,15 +79,12 @@ class Runner:
                  precision: str = "fp32"):
         from convlearn.config import load_config
         from convlearn.train.methods import build_method
-        from convlearn.train.precision import frozen_to_bf16
         cfg = load_config(None, overrides + ["train.lr=1e-5", f"method.update_proj_gap={gap}",
                                              f"train.precision={precision}"])
         self.label, self.device, self.accum = label, device, accum
         self.method = build_method(model, cfg, spec, "cuda" if device.startswith("cuda") else "cpu")
-        if precision == "bf16-mixed":
-            frozen_to_bf16(self.method.model)
-        self.autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) \
-            if precision == "bf16-mixed" else None
+        self.precision = resolve_precision(precision, device)  # as a run holds and computes (train/precision.py)
+        self.precision.hold_frozen(self.method.model)
         self.times: list[float] = []
 
     def step(self, batch: dict) -> float:
@@ -99,7 +97,7 @@ class Runner:
         for i in range(self.accum):  # micro-batches of one optimizer step (the same batch: timing only)
             if m.layerwise is not None:
                 m.layerwise.begin_micro(i)
-            s, n = token_losses(m.model, batch, self.autocast)
+            s, n = token_losses(m.model, batch, self.precision.autocast())
             (s / n / self.accum).backward()
         if m.layerwise is None:
             torch.nn.utils.clip_grad_norm_(m.trainable, 1.0)
@@ -116,7 +114,7 @@ class Runner:
         lw = self.method.layerwise
         if lw is not None:
             lw.enabled = False
-        s, n = token_losses(self.method.model, batch, self.autocast)
+        s, n = token_losses(self.method.model, batch, self.precision.autocast())
         (s / n).backward()
         if lw is not None:
             lw.enabled = True
@@ -214,7 +212,7 @@ def ratio_interval(base: list[float], times: list[float], n_boot: int = 2000, se
 
 
 def run(args) -> dict:
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    dtype = resolve_precision(args.precision, args.device).weight_dtype
     rows = {k: ROWS[k] for k in args.methods} if args.methods else ROWS
     base, spec = build_model(args.shape, dtype, args.device, args.tiny)
     initial = {k: v.clone() for k, v in base.state_dict().items()}

@@ -123,7 +123,7 @@ def test_online_stream_trains_each_conversation_once_in_arrival_order(tmp_path, 
     metrics = [json.loads(x) for x in (tmp_path / "online" / "metrics.jsonl").read_text().splitlines()]
     pos = [m["data"]["pos"] for m in metrics]
     assert pos == [min(2 * (i + 1), pos[-1]) for i in range(len(pos))]  # never ahead of the stream
-    assert all(m["data"]["epoch"] == 0 for m in metrics) and summary["steps"] == len(metrics)
+    assert all(m["data"]["epoch"] == 0 for m in metrics) and summary.steps == len(metrics)
     domains = [m["data"]["domain"] for m in metrics]
     first_seen = list(dict.fromkeys(domains))
     assert domains == sorted(domains, key=first_seen.index)  # grouped by domain: topic shifts
@@ -131,7 +131,7 @@ def test_online_stream_trains_each_conversation_once_in_arrival_order(tmp_path, 
     assert len(adapt["phases"]) == len(first_seen) >= 3
     bwt = json.loads((tmp_path / "online" / "forgetting.json").read_text())["backward_transfer"]
     assert bwt["bwt_loss"] is not None and len(bwt["per_domain"]) >= 1
-    assert summary["backward_transfer"] == bwt
+    assert summary.backward_transfer == bwt
     for sw in adapt["switches"]:
         assert sw["step"] in [p["start"] for p in adapt["phases"]]
         assert set(sw) >= {"steps_to_50", "steps_to_90", "old_domains_loss_change"}

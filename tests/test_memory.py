@@ -132,7 +132,7 @@ def check_counts(model_factory, spec, rows=ROWS):
 def test_counts_equal_a_real_step_on_the_tiny_twins(tiny_models, arch):
     spec = ModelSpec("tiny", FAMILIES[arch])
     torch.manual_seed(0)
-    check_counts(lambda: load_model(str(tiny_models[arch]), dtype="float32", device="cpu"), spec)
+    check_counts(lambda: load_model(str(tiny_models[arch]), device="cpu"), spec)
 
 
 def test_counts_equal_a_real_step_on_a_34m_model():
@@ -151,7 +151,7 @@ def test_counts_equal_a_real_step_on_a_34m_model():
 
 def test_frozen_embeddings_get_no_gradient_and_no_state(tiny_models):
     spec = ModelSpec("tiny", FAMILIES["qwen2"])
-    model = load_model(str(tiny_models["qwen2"]), dtype="float32", device="cpu")
+    model = load_model(str(tiny_models["qwen2"]), device="cpu")
     before = [w.detach().clone() for w in embedding_weights(model)]
     method, _, _ = real_step(model, ROWS["layer-wise freeze"], spec)
     assert all(not w.requires_grad and w not in method.optimizer.state for w in embedding_weights(model))
@@ -196,7 +196,7 @@ def test_chunked_loss_equals_the_whole_loss_and_its_gradients(tiny_models, arch)
     """train.loss_chunk_tokens: same loss and same gradients (the head's included), whatever the chunk size;
     Gemma-2's logit softcapping is applied in the chunks too."""
     from convlearn.train.batches import token_losses
-    model = load_model(str(tiny_models[arch]), dtype="float32", device="cpu")
+    model = load_model(str(tiny_models[arch]), device="cpu")
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (3, 20), generator=g)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),

@@ -7,7 +7,7 @@ from convlearn.config import load_config
 from convlearn.models import load_model, model_spec
 from convlearn.train.batches import token_losses
 from convlearn.train.methods import build_method
-from convlearn.train.precision import resolve, stochastic_round_
+from convlearn.train.precision import resolve_precision, stochastic_round_
 
 METHODS = {"adamw": ["method.name=adamw"],
            "galore": ["method.name=galore", "method.rank=32"],
@@ -17,20 +17,20 @@ METHODS = {"adamw": ["method.name=adamw"],
 def weight_change(path, precision, overrides, steps=10, lr=2e-5, plain_torch_adamw=False):
     """Every weight's change over `steps` steps at `lr` on fixed random batches, as one fp32 vector."""
     torch.manual_seed(0)
-    model = load_model(str(path), dtype="bfloat16" if precision == "bf16" else "float32", device="cpu")
+    prec = resolve_precision(precision, "cpu")
+    model = load_model(str(path), precision=prec)
     cfg = load_config(None, [*overrides, f"train.lr={lr}", f"train.precision={precision}"])
     tr = build_method(model, cfg, model_spec(str(path)), "cpu", seed=0)
     if plain_torch_adamw:  # what `auto` meant on a GPU before: torch AdamW on bf16 weights, bf16 moments
         tr.optimizer = torch.optim.AdamW(tr.trainable, lr=lr, foreach=False)
     start = [p.detach().float().clone() for p in model.parameters()]
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16-mixed" else None
     g = torch.Generator().manual_seed(1)
     for _ in range(steps):
         ids = torch.randint(0, model.config.vocab_size, (4, 64), generator=g)
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "loss_mask": torch.ones_like(ids).bool()}
         if tr.layerwise is not None:
             tr.layerwise.begin_step(1)
-        s, n = token_losses(model, batch, autocast)
+        s, n = token_losses(model, batch, prec.autocast())
         (s / n).backward()
         if tr.layerwise is not None:
             tr.layerwise.finish_step()
@@ -68,8 +68,9 @@ def test_plain_bf16_loses_most_of_the_update(tiny_models, fp32_changes):
 
 
 def test_auto_is_mixed_on_gpu_and_fp32_on_cpu():
-    assert resolve("auto", "cuda") == "bf16-mixed" and resolve("auto", "cuda:1") == "bf16-mixed"
-    assert resolve("auto", "cpu") == "fp32" and resolve("bf16", "cuda") == "bf16"
+    assert resolve_precision("auto", "cuda").mode == "bf16-mixed" and resolve_precision("auto", "cuda:1").mode == \
+        "bf16-mixed"
+    assert resolve_precision("auto", "cpu").mode == "fp32" and resolve_precision("bf16", "cuda").mode == "bf16"
 
 
 def test_stochastic_rounding_is_right_in_expectation():

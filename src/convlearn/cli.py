@@ -62,7 +62,7 @@ def _cmd_train(args) -> int:
     except RunStopped as e:
         print(f"convlearn: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary.to_json(), indent=2))
     return 0
 
 
@@ -152,7 +152,7 @@ def _cmd_serve(args) -> int:
     from .serve.server import serve
     limits = Limits(max_body_bytes=args.max_body, max_tokens=args.max_tokens, concurrency=args.concurrency,
                     queue=args.queue, queue_timeout_s=args.queue_timeout, rate_per_minute=args.rate_limit)
-    serve(args.model, args.dir, args.store, limits, args.device, args.poll, args.host, args.port)
+    serve(args.model, args.dir, args.store, limits, args.device, args.poll, args.host, args.port, args.precision)
     return 0
 
 
@@ -251,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
     _store_args(srv)
-    srv.add_argument("--device", default="auto", help="auto | cpu | cuda (fp32 on CPU, bf16 on a GPU)")
+    srv.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    srv.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16-mixed", "bf16"],
+                     help="as train.precision: auto = fp32 on CPU, bf16-mixed on a GPU (fp32 weights, bf16 compute)")
     srv.add_argument("--concurrency", type=int, default=2, help="generations at once (default 2)")
     srv.add_argument("--queue", type=int, default=8, help="requests that may wait for a slot; more get 503 (default 8)")
     srv.add_argument("--queue-timeout", type=float, default=30.0, help="seconds a request may wait (then 503)")

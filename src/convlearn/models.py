@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from .errors import UserError
+from .train.precision import Precision, resolve_precision
 
 # Linear layers that GaLore and LoRA target by default (all attention and MLP projections).
 _LLAMA_LIKE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -123,13 +124,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_dtype(dtype: str, device: str):
-    """bf16 on GPU, fp32 on CPU for `auto` (bf16 is ~60x slower on CPUs without bf16 units)."""
-    if dtype == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-
-
 def quiet_transformers() -> None:
     """No per-file progress bars from transformers (loading/saving shards): our own bars say what runs."""
     hf_logging.disable_progress_bar()
@@ -147,26 +141,28 @@ def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bo
     return tok
 
 
-def load_model(name: str, *, revision: str | None = None, dtype: str = "auto", device: str = "auto",
-               attn_implementation: str | None = None, trust_remote_code: bool = False):
-    """AutoModelForCausalLM.from_pretrained with the registry's attention and dtype choices."""
+def load_model(name: str, *, revision: str | None = None, precision: Precision | None = None,
+               device: str = "auto", attn_implementation: str | None = None, trust_remote_code: bool = False):
+    """AutoModelForCausalLM.from_pretrained with the registry's attention, weights in `precision.weight_dtype` on
+    `precision.device`; without `precision`, the policy's `auto` on `device` (train/precision.py)."""
     quiet_transformers()
     spec = model_spec(name, revision)
-    dev = resolve_device(device)
+    prec = precision or resolve_precision("auto", resolve_device(device))
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            name, revision=revision, dtype=resolve_dtype(dtype, dev),
+            name, revision=revision, dtype=prec.weight_dtype,
             attn_implementation=attn_implementation or spec.facts.attn_implementation,
             trust_remote_code=trust_remote_code)
     except OSError as e:
         raise UserError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
-    return model.to(dev)
+    return model.to(prec.device)
 
 
-def load_from_config(model_cfg, weights: str | None = None, dtype: str | None = None):
+def load_from_config(model_cfg, weights: str | None = None, precision: Precision | None = None):
     """The one loader: the model a `ModelConfig` names, or `weights` (a checkpoint or trained folder of the same
-    architecture) loaded with that section's device, attention and trust settings; `dtype` overrides its dtype."""
+    architecture) loaded with that section's device, attention and trust settings, in `precision` (see
+    `load_model`)."""
     return load_model(weights or model_cfg.name, revision=None if weights else model_cfg.revision,
-                      dtype=dtype or model_cfg.dtype, device=model_cfg.device,
+                      precision=precision, device=model_cfg.device,
                       attn_implementation=model_cfg.attn_implementation,
                       trust_remote_code=model_cfg.trust_remote_code)

@@ -19,8 +19,9 @@ class ModelConfig:
                     "`convlearn tiny-model` load through the same `from_pretrained` path.")
     revision: Optional[str] = opt(None, "Hub revision (branch, tag or commit); null = the default branch.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
-        "auto", "Weight dtype. auto = bfloat16 on GPU, float32 on CPU (bf16 matmuls are ~60x slower on "
-                "CPUs without bf16 units).")
+        "auto", "Not a choice of its own (kept so existing configs load): train.precision decides the weight "
+                "dtype wherever a model is loaded (float32; bfloat16 under train.precision=bf16). A value "
+                "other than auto that disagrees is reported when a run starts.")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto = cuda when available, else cpu.")
     attn_implementation: Optional[Literal["eager", "sdpa", "flash_attention_2"]] = opt(
         None, "null = the registry's choice (Gemma-2: eager, since sdpa cannot do its logit softcapping; "

@@ -1,19 +1,23 @@
 """`convlearn eval RUN_DIR|MODEL`: the evaluation suites on a saved checkpoint or any model, with the same code
-the training loop runs on the live model."""
+the training loop runs on the live model, under the same precision (the run's `train.precision` on this device:
+weights in its dtype, computed under its autocast), so a checkpoint scores here what it scored in its run."""
 from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+
+import torch
 
 from ..config import load_config
 from ..data.prepare import prepare
 from ..errors import UserError
 from ..eval.forgetting import write_analysis
 from ..eval.suites import RunEvaluator, headline
-from ..models import load_from_config, load_tokenizer, model_spec
+from ..models import load_from_config, load_tokenizer, model_spec, resolve_device
 from ..train.checkpoint import (MODEL_DIR, checkpoint_path, complete_checkpoints, damage, is_complete, step_of,
                                 usable_checkpoint)
 from ..train.methods import method_for
+from ..train.precision import Precision, resolve_precision
 
 
 def _checkpoint(run_dir: Path, step: int | None) -> Path:
@@ -50,12 +54,16 @@ def evaluate(target: str, suite: str = "full", step: int | None = None, config: 
     tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
     spec = model_spec(cfg.model.name, cfg.model.revision)
     prepared = prepare(cfg, tok, spec, progress=cfg.logging.progress)
-    load_base = partial(_load_weights, cfg.model)
+    prec = resolve_precision(cfg.train.precision, resolve_device(cfg.model.device))
+    load_base = partial(_load_weights, cfg.model, prec)
     model = method_for(cfg.method).load_trained(ckpt / MODEL_DIR, load_base, cfg.model.name) if is_run \
-        else load_from_config(cfg.model)
+        else load_from_config(cfg.model, precision=prec)
+    prec.hold_frozen(model)  # what the run did not train is held as training held it (bf16 in bf16-mixed)
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = RunEvaluator(cfg, tok, spec, prepared, out_dir, suites={suite}).run(model, step, suite)
+    evaluator = RunEvaluator(cfg, tok, spec, prepared, out_dir, suites={suite})
+    with torch.no_grad(), prec.autocast():  # as the training loop runs its evaluations
+        record = evaluator.run(model, step, suite)
     result = {"step": step, "suite": suite, "file": str(out_dir / "evals" / f"step-{step}.json"),
               "headline": headline(record), "seconds": record["seconds"]}
     if is_run and not out:
@@ -63,5 +71,6 @@ def evaluate(target: str, suite: str = "full", step: int | None = None, config: 
     return result
 
 
-def _load_weights(model_cfg, name_or_path: str):
-    return load_from_config(model_cfg, weights=None if name_or_path == model_cfg.name else name_or_path)
+def _load_weights(model_cfg, prec: Precision, name_or_path: str):
+    return load_from_config(model_cfg, weights=None if name_or_path == model_cfg.name else name_or_path,
+                            precision=prec)

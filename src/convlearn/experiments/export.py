@@ -22,10 +22,11 @@ import yaml
 from ..config import dump_config, load_config
 from ..errors import UserError
 from ..eval.records import EvalRecord, load_evals
-from ..models import load_from_config, load_tokenizer, model_spec
+from ..models import load_from_config, load_tokenizer, model_spec, resolve_device
 from ..train import model_folder
 from ..train.checkpoint import MODEL_DIR, checkpoint_path, complete_checkpoints, damage, step_of, usable_checkpoint
 from ..train.methods import method_for
+from ..train.precision import resolve_precision
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 TRAINING_ONLY = {"trainer_state.pt", "COMPLETE"}
@@ -56,8 +57,10 @@ def export(run: str | Path, out: str | Path, step: int | None = None, best: str 
     tmp.mkdir(parents=True)
     adapter = model_folder.is_adapter(source)
     if adapter and merge or (not adapter and dtype is not None):
+        # in the dtype the run kept its weights in (a LoRA merge in fp32 unless the run was pure bf16)
+        prec = resolve_precision(cfg.train.precision, resolve_device(cfg.model.device))
         model = method.load_trained(source, lambda name: load_from_config(cfg.model, weights=None if name ==
-                                                                          cfg.model.name else name, dtype="float32"),
+                                                                          cfg.model.name else name, precision=prec),
                                     cfg.model.name)
         if adapter:
             model = model.merge_and_unload()

@@ -1,10 +1,11 @@
 """Generation behind a small interface, and the hot swap of the model that answers.
 
 `Engine` is what the API needs: the model's context, a prompt's length, and a stream of text for a chat. The one
-here is transformers (`generate` + `TextIteratorStreamer`, the model's own chat template), fp32 on CPU and bf16
-on a GPU. Where one process is not enough, an existing serving engine (vLLM on GPUs) is the path: an `Engine`
-over its OpenAI-compatible server or its Python API, behind the same API, store and hot swap; it is not built
-here (no GPU to test it on).
+here is transformers (`generate` + `TextIteratorStreamer`, the model's own chat template), loaded through the one
+model loader (the registry's attention: eager for Gemma-2) and run under the precision policy (train/precision.py:
+`auto` is fp32 on CPU, bf16-mixed on a GPU), as training evaluated the model. Where one process is not enough,
+an existing serving engine (vLLM on GPUs) is the path: an `Engine` over its OpenAI-compatible server or its
+Python API, behind the same API, store and hot swap; it is not built here (no GPU to test it on).
 
 `ModelHolder` keeps the current (version, engine) pair; a request takes the pair once at its start and keeps it to
 its end, so a swap to a newly promoted (or rolled back) version happens between requests and never under one.
@@ -18,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList, \
-    TextIteratorStreamer
+from transformers import AutoTokenizer, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from ..models import FAMILIES, resolve_device
+from ..models import FAMILIES, load_model, resolve_device
 from ..store import Version
+from ..train.precision import resolve_precision
 
 log = logging.getLogger("convlearn.serve")
 
@@ -66,12 +67,12 @@ class _Stop(StoppingCriteria):
 class TransformersEngine:
     _seeded = threading.Lock()  # `generate` samples from the global RNG: seeded requests take turns
 
-    def __init__(self, folder: str, version: str, device: str = "auto"):
+    def __init__(self, folder: str, version: str, device: str = "auto", precision: str = "auto"):
         self.version, self.folder = version, str(folder)
         self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(self.folder, dtype=dtype).to(self.device).eval()
+        self.model = load_model(self.folder, precision=self.precision).eval()
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
         family = FAMILIES.get(getattr(self.model.config, "model_type", ""))
         self.template_kwargs = dict(family.template_kwargs) if family else {}
@@ -103,12 +104,13 @@ class TransformersEngine:
 
         def run():
             try:
-                if params.seed is not None:
-                    with self._seeded:
-                        torch.manual_seed(params.seed)
+                with self.precision.autocast():  # autocast is per thread: entered in the generating one
+                    if params.seed is not None:
+                        with self._seeded:
+                            torch.manual_seed(params.seed)
+                            result["ids"] = self.model.generate(**kwargs)
+                    else:
                         result["ids"] = self.model.generate(**kwargs)
-                else:
-                    result["ids"] = self.model.generate(**kwargs)
             except BaseException as e:  # handed to the caller below
                 result["error"] = e
                 streamer.end()

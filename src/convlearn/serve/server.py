@@ -41,12 +41,13 @@ class Server:
 
 
 def build(target: str, folder: str | Path | None = None, store_url: str | None = None, limits: Limits | None = None,
-          device: str = "auto", poll_s: float = 2.0, host: str = "127.0.0.1", port: int = 8000):
+          device: str = "auto", poll_s: float = 2.0, host: str = "127.0.0.1", port: int = 8000,
+          precision: str = "auto"):
     import uvicorn
     folder = Path(folder) if folder else default_dir(target)
     store = open_store(folder, store_url)
     first = ensure_base(store, target)
-    holder = ModelHolder(lambda v: TransformersEngine(v.path, v.id, device), first)
+    holder = ModelHolder(lambda v: TransformersEngine(v.path, v.id, device, precision), first)
     holder.watch(store.current_version, poll_s)
     app = create_app(holder, store, limits or Limits())
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
@@ -66,8 +67,8 @@ def start_in_thread(target: str, port: int, **kwargs) -> Server:
 
 
 def serve(target: str, folder: str | None, store_url: str | None, limits: Limits, device: str, poll_s: float,
-          host: str, port: int) -> None:
-    server, holder, store = build(target, folder, store_url, limits, device, poll_s, host, port)
+          host: str, port: int, precision: str = "auto") -> None:
+    server, holder, store = build(target, folder, store_url, limits, device, poll_s, host, port, precision)
     engine = holder.engine()
     counts = store.counts()
     print(f"convlearn serve: version {engine.version} ({engine.folder}) on http://{host}:{port}  "

@@ -5,6 +5,7 @@ both build their training through here; the loop itself reads only the `train` s
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,13 +16,13 @@ from ..data.prepare import PreparedData, prepare
 from ..data.splits import replay_data_config
 from ..errors import UserError
 from ..models import ModelSpec, load_from_config, load_tokenizer, model_spec, resolve_device
-from . import precision
 from .batches import BatchStream
 from .checkpoint import MODEL_DIR, Checkpointer, latest_checkpoint, load_trainer_state, usable_checkpoint
 from .distributed import Dist
 from .loop import Evaluator, Trainer
 from .methods import Method, Trainable, method_for
 from .model_folder import keep_base
+from .precision import Precision, resolve_precision
 from .replay import ReplayMixer
 from .telemetry import Telemetry
 
@@ -33,7 +34,7 @@ class RunSetup:
     out: Path
     dist: Dist
     device: str          # "cpu" or "cuda:<local rank>"
-    precision: str
+    precision: Precision  # resolved once from train.precision on `device`; every part of the run follows it
     method: Method
     tokenizer: object
     spec: ModelSpec
@@ -66,25 +67,27 @@ def set_up_run(cfg, out: Path, resume: bool = False) -> RunSetup:
     prepared = prepare(cfg, tokenizer, spec, progress=dist.main and cfg.logging.progress)
     if dist.main:
         dist.barrier()
-    return RunSetup(cfg, out, dist, f"cuda:{dist.local_rank}" if device == "cuda" else device,
-                    precision.resolve(cfg.train.precision, device), method, tokenizer, spec, prepared, checkpoint)
+    device = f"cuda:{dist.local_rank}" if device == "cuda" else device
+    prec = resolve_precision(cfg.train.precision, device)
+    if cfg.model.dtype != "auto" and cfg.model.dtype != prec.weight_dtype_name and dist.main:
+        print(f"convlearn: note: model.dtype={cfg.model.dtype} is not used: train.precision={prec.mode} holds "
+              f"the weights in {prec.weight_dtype_name}", file=sys.stderr)
+    return RunSetup(cfg, out, dist, device, prec, method, tokenizer, spec, prepared, checkpoint)
 
 
 def build_trainable(setup: RunSetup) -> Trainable:
     """The model (from the checkpoint when resuming) wrapped and optimised as the method says."""
     cfg, method = setup.cfg, setup.method
     ckpt_model = setup.checkpoint / MODEL_DIR if setup.checkpoint is not None else None
-    dtype = precision.weight_dtype(setup.precision)
     weights = method.initial_weights(cfg.model.name, ckpt_model)
     model = load_from_config(cfg.model, weights=None if weights == cfg.model.name else weights,
-                             dtype=dtype).to(setup.device)
+                             precision=setup.precision)
     if cfg.train.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     targets = cfg.method.target_modules or list(setup.spec.facts.target_modules)
     trainable = method.build(model, cfg.train, targets, setup.device.split(":")[0], seed=cfg.seed)
-    if setup.precision == "bf16-mixed":
-        precision.frozen_to_bf16(trainable.model)
+    setup.precision.hold_frozen(trainable.model)
     if ckpt_model is not None:
         method.restore(trainable, ckpt_model)
     return trainable
@@ -136,6 +139,7 @@ def build_trainer(setup: RunSetup, evaluator: Evaluator | None = None, max_steps
                           resume_step=resume["counters"]["step"] if resume is not None else None)
     base = keep_base(setup.out, cfg.model.name) if setup.method.adapter and setup.dist.main else None
     checkpointer = Checkpointer(setup.out, cfg.train.keep_last, setup.tokenizer, setup.spec, base)
-    return Trainer(cfg.train, trainable, stream, out=setup.out, checkpointer=checkpointer, telemetry=telemetry, dist=setup.dist, device=setup.device,
+    return Trainer(cfg.train, trainable, stream, out=setup.out, checkpointer=checkpointer, telemetry=telemetry,
+                   dist=setup.dist, device=setup.device,
                    precision=setup.precision, evaluator=evaluator if setup.dist.main else None,
                    max_steps=max_steps, resume=resume, resume_from=setup.checkpoint, progress=cfg.logging.progress)

@@ -25,6 +25,8 @@ from .checkpoint import MODEL_DIR, Checkpointer, load_trainer_state, set_rng_sta
 from .distributed import Dist
 from .galore import state_bytes
 from .methods import Trainable
+from .precision import Precision
+from .summary import RunSummary
 from .telemetry import ActivationMeter, Telemetry, cuda_peak_bytes, tensor_bytes
 
 
@@ -60,7 +62,7 @@ def lr_factor(step: int, t) -> float:
 
 class Trainer:
     def __init__(self, train_cfg, trainable: Trainable, stream: BatchStream, *, out: Path,
-                 checkpointer: Checkpointer, telemetry: Telemetry, dist: Dist, device: str, precision: str,
+                 checkpointer: Checkpointer, telemetry: Telemetry, dist: Dist, device: str, precision: Precision,
                  evaluator: Evaluator | None = None, max_steps: int | None = None, resume: dict | None = None,
                  resume_from: Path | None = None, progress: bool = True):
         self.t, self.trainable, self.stream = train_cfg, trainable, stream
@@ -76,8 +78,6 @@ class Trainer:
             stream.load_state(resume["stream"])
             self.state.update(resume["counters"])
             set_rng_state(resume["rng"])
-        self.autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) \
-            if precision == "bf16-mixed" else None
         self.last_saved = self.state["step"] if resume is not None else -1
         self.last_checkpoint, self.rolled_back = resume_from, False
         # activation memory: the allocator's peak on a GPU; measured from autograd's saved tensors on CPU
@@ -104,7 +104,7 @@ class Trainer:
                 lw.begin_micro(i)
             with self.dist.no_sync(self.model, last=i == len(micro) - 1):
                 with self.activations.measure() if self.activations is not None else nullcontext():
-                    s, _ = token_losses(self.model, batch, self.autocast, t.loss_chunk_tokens)
+                    s, _ = token_losses(self.model, batch, self.precision.autocast(), t.loss_chunk_tokens)
                 if not torch.isfinite(s):
                     finite = False
                     break
@@ -213,8 +213,8 @@ class Trainer:
         step = self.state["step"]
         if self.evaluator is not None and self.evaluator.due(step, last):
             self.model.eval()
-            # in bf16-mixed, evaluation computes in bf16 like training (and frozen weights are bf16)
-            with torch.no_grad(), (self.autocast if self.autocast is not None else nullcontext()):
+            # under the run's precision, as `convlearn eval` scores a saved checkpoint (bf16 compute in bf16-mixed)
+            with torch.no_grad(), self.precision.autocast():
                 figures = self.evaluator.run(step, self.trainable.model)
             self.model.train()
             self.telemetry.log_eval(step, figures)
@@ -222,7 +222,7 @@ class Trainer:
         self.timing["eval"] += time.perf_counter() - started
 
     # -- the run ---------------------------------------------------------------------------------------
-    def run(self) -> dict:
+    def run(self) -> RunSummary:
         t = self.t
         run_started = time.perf_counter()
         self.model.train()
@@ -264,7 +264,7 @@ class Trainer:
                       outside_compute_share=round(1 - self.timing["compute"] / wall, 4) if wall else None)
         return self._summary(records, timing)
 
-    def _summary(self, records: list[dict], timing: dict) -> dict:
+    def _summary(self, records: list[dict], timing: dict) -> RunSummary:
         good = [r for r in records if math.isfinite(r["loss"])]
         tr = self.trainable
         # Throughput as a user lives it: every token this process trained on over the wall time it took, projector
@@ -272,22 +272,21 @@ class Trainer:
         # mean of per-step rates would hide the rare slow refresh steps.
         run_tokens = sum(r["step_input_tokens"] for r in records)
         train_seconds = timing["wall_s"] - timing["eval_s"]
-        summary = {
-            "method": tr.name, "method_label": tr.method.label, "steps": self.state["step"],
-            "tokens": self.state["tokens"], "loss_tokens": self.state["loss_tokens"],
-            "skipped_steps": self.state["skipped_steps"],
-            "final_loss": good[-1]["loss"] if good else None,
-            "tokens_per_s": run_tokens / train_seconds if records and train_seconds > 0 else None,
-            "throughput": {"tokens": run_tokens, "train_seconds": round(train_seconds, 3),
-                           "eval_seconds": timing["eval_s"], "steps": len(records),
-                           "step_seconds": [round(r["step_seconds"], 4) for r in records],
-                           "step_tokens": [r["step_input_tokens"] for r in records]},
-            "mean_step_tokens_per_s": (sum(r["tokens_per_s"] for r in records) / len(records)) if records else None,
-            "peak_memory": {k: max((r["memory"][k] or 0) for r in records) for k in records[0]["memory"]}
+        summary = RunSummary(
+            method=tr.name, method_label=tr.method.label, steps=self.state["step"],
+            tokens=self.state["tokens"], loss_tokens=self.state["loss_tokens"],
+            skipped_steps=self.state["skipped_steps"],
+            final_loss=good[-1]["loss"] if good else None,
+            tokens_per_s=run_tokens / train_seconds if records and train_seconds > 0 else None,
+            throughput={"tokens": run_tokens, "train_seconds": round(train_seconds, 3),
+                        "eval_seconds": timing["eval_s"], "steps": len(records),
+                        "step_seconds": [round(r["step_seconds"], 4) for r in records],
+                        "step_tokens": [r["step_input_tokens"] for r in records]},
+            mean_step_tokens_per_s=(sum(r["tokens_per_s"] for r in records) / len(records)) if records else None,
+            peak_memory={k: max((r["memory"][k] or 0) for r in records) for k in records[0]["memory"]}
             if records else {},
-            "world_size": self.dist.world, "precision": self.precision, "time": timing,
-            **({"galore": records[-1]["galore"]} if records and "galore" in records[-1] else {}),
-        }
+            world_size=self.dist.world, precision=self.precision.mode, time=timing,
+            galore=records[-1]["galore"] if records and "galore" in records[-1] else None)
         if self.dist.main:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            (self.out / "summary.json").write_text(json.dumps(summary.to_json(), indent=2))
         return summary

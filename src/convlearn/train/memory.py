@@ -106,7 +106,7 @@ def layerwise_grad_peak(model: torch.nn.Module, trainable: list[torch.Tensor]) -
 
 
 def weight_bytes(params: list[torch.Tensor], trainable: list[torch.Tensor], precision: str = "fp32") -> int:
-    """Bytes of every weight held: frozen ones in bf16 under bf16-mixed (train/precision.frozen_to_bf16)."""
+    """Bytes of every weight held: frozen ones in bf16 under bf16-mixed (train/precision.py, Precision.hold_frozen)."""
     live = {id(p) for p in trainable}
     if precision != "bf16-mixed":
         return sum(nbytes(p) for p in params)

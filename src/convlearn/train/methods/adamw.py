@@ -11,7 +11,7 @@ from ..galore import GaLoreAdamW
 from ..layerwise import LayerwiseUpdater
 from ..memory import MemoryCount, adam_state, layerwise_grad_peak, nbytes, weight_bytes
 from ..params import embedding_weights, freeze_embeddings
-from ..precision import resolve
+from ..precision import resolve_precision
 from . import register
 from .base import Method, Trainable, adam_kwargs
 
@@ -84,7 +84,7 @@ class AdamW(Method):
         if self.cfg.embeddings == "freeze":
             freeze_embeddings(model)
         params = [p for p in model.parameters() if p.requires_grad]
-        if resolve(train_cfg.precision, device) == "bf16":
+        if resolve_precision(train_cfg.precision, device).mode == "bf16":
             # pure bf16: our AdamW update (GaLoreAdamW without projection) with stochastic rounding
             opt = GaLoreAdamW([{"params": params, "galore": False}], seed=seed, stochastic_rounding=True,
                               **adam_kwargs(train_cfg))

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from ...errors import ConfigError
 from ..layerwise import LayerwiseUpdater
 from ..memory import MemoryCount
+from ..params import freeze_embeddings
 
 
 @dataclass
@@ -110,8 +111,12 @@ class Method:
 
     def load_trained(self, folder: Path, load_base, base: str) -> torch.nn.Module:
         """A saved folder as a model for inference; `load_base(name_or_path)` loads a full model, `base` is the
-        model the run started from."""
-        return load_base(str(folder))
+        model the run started from. Weights the method does not train are marked so (requires_grad off), as in
+        training, so the run's precision holds them as training did (`Precision.hold_frozen`)."""
+        model = load_base(str(folder))
+        if self.cfg.embeddings == "freeze":
+            freeze_embeddings(model)
+        return model
 
     # -- cost --------------------------------------------------------------------------------------------
     def count_memory(self, model: torch.nn.Module, targets, precision: str = "fp32") -> MemoryCount:

@@ -10,7 +10,7 @@ from ..layerwise import LayerwiseUpdater
 from ..memory import (STEP_BYTES, MemoryCount, adam_state, deferred_grad_peak, layerwise_grad_peak, lowrank_shapes,
                       nbytes, weight_bytes)
 from ..params import embedding_weights, freeze_embeddings, full_rank_targets, galore_parameters
-from ..precision import resolve
+from ..precision import resolve_precision
 from . import register
 from .base import Method, Trainable, adam_kwargs
 
@@ -53,7 +53,8 @@ class GaLore(Method):
         opt = GaLoreAdamW([{"params": plain, "galore": False}, {"params": projected, "galore": True}],
                           rank=m.rank, update_proj_gap=m.update_proj_gap, scale=m.scale, proj_type=m.proj_type,
                           refresh=m.refresh, oversample=m.randomized_oversample, iters=iters,
-                          seed=seed, stochastic_rounding=resolve(train_cfg.precision, device) == "bf16",
+                          seed=seed,
+                          stochastic_rounding=resolve_precision(train_cfg.precision, device).mode == "bf16",
                           **adam_kwargs(train_cfg))
         layerwise = LayerwiseUpdater(model, opt, m.layerwise_accumulation, train_cfg.max_grad_norm,
                                      m.layerwise_clipping) if m.layerwise else None
