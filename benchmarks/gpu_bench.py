@@ -28,7 +28,7 @@ import time
 import torch
 
 from convlearn.train.memory import LEVERS, STANDARD_METHODS
-from convlearn.train.precision import resolve_precision
+from convlearn.precision import resolve_precision
 
 # The memory table's methods and levers (APOLLO, an optional CC-BY-NC extra, is not carried to the GPU), plus
 # activation checkpointing and the chunked loss; galore8bit last: its library refreshes by full SVD (slow).
@@ -94,7 +94,7 @@ def measure_method(label: str, overrides: list[str], args, dtype, batches) -> di
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     method = build_method(model, cfg, spec, "cuda" if args.device.startswith("cuda") else "cpu")
-    prec = resolve_precision(args.precision, args.device)  # as a run holds and computes (train/precision.py)
+    prec = resolve_precision(args.precision, args.device)  # as a run holds and computes (precision.py)
     prec.hold_frozen(method.model)
     method.model.train()
     times = []

@@ -31,11 +31,11 @@ from convlearn.models import REGISTRY, meta_model
 from convlearn.train.memory import LEVERS, STANDARD_METHODS, method_config
 from convlearn.train.methods import count_memory
 from convlearn.train.params import galore_parameters
-from convlearn.train.precision import resolve_precision
+from convlearn.precision import resolve_precision
 
 GB = 1e9
 LOSS_CHUNK = 1024  # train.loss_chunk_tokens measured beside checkpointing
-PRECISIONS = ("bf16-mixed", "bf16")  # the GPU modes (train/precision.py)
+PRECISIONS = ("bf16-mixed", "bf16")  # the GPU modes (precision.py)
 LAST = Path(__file__).parent / "results" / "memory-real-shapes.json"
 # The rows: every CPU/GPU method, the levers, and the layer-wise comparisons.
 ROWS = {**STANDARD_METHODS, **LEVERS,

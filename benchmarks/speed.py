@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from convlearn.train.memory import STANDARD_METHODS
-from convlearn.train.precision import resolve_precision
+from convlearn.precision import resolve_precision
 
 SHAPE = dict(hidden_size=512, intermediate_size=2816, num_hidden_layers=6, num_attention_heads=8,
              num_key_value_heads=2, vocab_size=8192, max_position_embeddings=1024, tie_word_embeddings=True)
@@ -83,7 +83,7 @@ class Runner:
                                              f"train.precision={precision}"])
         self.label, self.device, self.accum = label, device, accum
         self.method = build_method(model, cfg, spec, "cuda" if device.startswith("cuda") else "cpu")
-        self.precision = resolve_precision(precision, device)  # as a run holds and computes (train/precision.py)
+        self.precision = resolve_precision(precision, device)  # as a run holds and computes (precision.py)
         self.precision.hold_frozen(self.method.model)
         self.times: list[float] = []
 

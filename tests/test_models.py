@@ -8,7 +8,7 @@ import torch
 from conftest import ARCHS
 from convlearn.models import REGISTRY, load_model, load_tokenizer, model_spec
 from convlearn.tiny import build_tiny_model
-from convlearn.train.precision import resolve_precision
+from convlearn.precision import resolve_precision
 
 
 def test_registry_holds_the_seed_models():
@@ -20,7 +20,7 @@ def test_registry_holds_the_seed_models():
     assert REGISTRY["microsoft/Phi-3.5-mini-instruct"].facts.target_modules == (
         "qkv_proj", "o_proj", "gate_up_proj", "down_proj")
     assert "q_proj" in REGISTRY["Qwen/Qwen2.5-1.5B-Instruct"].facts.target_modules
-    # weights load in float32 on CPU; on a GPU in fp32 masters computed in bf16 (train/precision.py)
+    # weights load in float32 on CPU; on a GPU in fp32 masters computed in bf16 (precision.py)
     cpu, gpu = resolve_precision("auto", "cpu"), resolve_precision("auto", "cuda")
     assert cpu.weight_dtype == torch.float32 and cpu.weight_dtype_name == "float32"
     assert gpu.mode == "bf16-mixed" and gpu.weight_dtype == torch.float32 and gpu.frozen_dtype == torch.bfloat16

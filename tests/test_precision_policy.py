@@ -1,4 +1,4 @@
-"""One precision policy (train/precision.py) wherever a model is scored or served: a checkpoint's per-sample
+"""One precision policy (precision.py) wherever a model is scored or served: a checkpoint's per-sample
 figures from the training loop's evaluation, from `convlearn eval` and from a plain `RunEvaluator` under the
 policy are the same, in every precision mode that runs on CPU; the server loads through the registry."""
 import json
@@ -36,7 +36,7 @@ def plain_evaluation(run, step: int, out):
     from convlearn.models import load_from_config, load_tokenizer, model_spec
     from convlearn.train.checkpoint import MODEL_DIR, checkpoint_path
     from convlearn.train.methods import method_for
-    from convlearn.train.precision import resolve_precision
+    from convlearn.precision import resolve_precision
     cfg = load_config(run / "config.yaml")
     prec = resolve_precision(cfg.train.precision, "cpu")
     tok, spec = load_tokenizer(cfg.model.name), model_spec(cfg.model.name)
@@ -81,7 +81,7 @@ def test_a_checkpoint_scores_the_same_wherever_it_is_scored(base, tmp_path, case
 
 
 def test_the_policy_resolves_once_per_mode():
-    from convlearn.train.precision import resolve_precision
+    from convlearn.precision import resolve_precision
     mixed = resolve_precision("bf16-mixed", "cuda:1")
     assert (mixed.weight_dtype, mixed.frozen_dtype, mixed.weight_dtype_name) == \
         (torch.float32, torch.bfloat16, "float32")
@@ -108,3 +108,34 @@ def test_serve_engine_loads_through_the_registry(tiny_models):
     done = Completion()
     text = "".join(pure.stream([{"role": "user", "content": "Hello"}], Params(max_tokens=4, temperature=0), done))
     assert done.completion_tokens > 0 and text == done.text
+
+
+@pytest.mark.parametrize("case", ["fp32", "bf16", "bf16-mixed"])
+def test_the_gate_scores_a_checkpoint_as_the_loop_does(base, tmp_path, case):
+    """The gate that decides promotion scores the exported checkpoint on the same conversations with the same
+    numbers as the training loop's evaluation did (the third place a checkpoint's perplexity is computed)."""
+    from convlearn.config import load_config
+    from convlearn.data.prepare import prepare
+    from convlearn.learn.gate import Gate
+    from convlearn.models import load_tokenizer, model_spec
+    root, cfg = base
+    precision, sets = CASES[case]
+    run = tmp_path / "run"
+    assert train(cfg, run, f"train.precision={precision}", *sets, fresh=False).returncode == 0
+    folder = tmp_path / "exported"
+    assert cli_here("export", run, "--step", STEPS, "--out", folder).returncode == 0
+    rcfg = load_config(run / "config.yaml")
+    tok, spec = load_tokenizer(rcfg.model.name), model_spec(rcfg.model.name)
+    heldout = tmp_path / "heldout.jsonl"  # the run's held-out conversations, as a round writes the gate's
+    heldout.write_text("".join(json.dumps(c.to_dict()) + "\n"
+                               for c in prepare(rcfg, tok, spec, progress=False).heldout_conversations()))
+    gate = Gate(rcfg, tok, spec, heldout, tmp_path / "gate", tmp_path / "gate-cache")
+    by_gate = per_sample(gate._score(str(folder), "v1", STEPS))
+    in_loop = per_sample(json.loads((run / "evals" / f"step-{STEPS}.json").read_text()))
+    want = dict(zip(in_loop["ids"], zip(in_loop["nats_assistant"], in_loop["tokens_assistant"])))
+    got = dict(zip(by_gate["ids"], zip(by_gate["nats_assistant"], by_gate["tokens_assistant"])))
+    common = sorted(set(want) & set(got))
+    assert len(common) == len(want) == 16
+    for sid in common:
+        assert got[sid][1] == want[sid][1]
+        assert got[sid][0] == pytest.approx(want[sid][0], rel=1e-5, abs=2e-4), (case, sid)

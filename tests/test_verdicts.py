@@ -6,7 +6,7 @@ import pytest
 from convlearn.config import load_config
 from convlearn.eval.adaptation import adaptation
 from convlearn.eval.records import EvalRecord
-from convlearn.experiments import stats
+from convlearn.eval import stats
 from convlearn.experiments.verdicts import (online_hypothesis, optimizers_hypothesis, replay_hypothesis,
                                             success_criteria)
 

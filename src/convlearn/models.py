@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from .errors import UserError
-from .train.precision import Precision, resolve_precision
+from .precision import Precision, resolve_precision
 
 # Linear layers that GaLore and LoRA target by default (all attention and MLP projections).
 _LLAMA_LIKE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -144,7 +144,7 @@ def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bo
 def load_model(name: str, *, revision: str | None = None, precision: Precision | None = None,
                device: str = "auto", attn_implementation: str | None = None, trust_remote_code: bool = False):
     """AutoModelForCausalLM.from_pretrained with the registry's attention, weights in `precision.weight_dtype` on
-    `precision.device`; without `precision`, the policy's `auto` on `device` (train/precision.py)."""
+    `precision.device`; without `precision`, the policy's `auto` on `device` (precision.py)."""
     quiet_transformers()
     spec = model_spec(name, revision)
     prec = precision or resolve_precision("auto", resolve_device(device))

@@ -186,7 +186,7 @@ def _report(out, cfg, store, shared, private, canaries, rounds, talks, quick) ->
     from ..data.prepare import renderer_for
     from ..eval.probes import probe_figures
     from ..models import load_from_config, load_tokenizer, resolve_device
-    from ..train.precision import resolve_precision
+    from ..precision import resolve_precision
     prec = resolve_precision(cfg.train.precision, resolve_device(cfg.model.device))
     tok = load_tokenizer(cfg.model.name)
     renderer = renderer_for(cfg, tok)

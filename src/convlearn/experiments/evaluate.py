@@ -17,7 +17,7 @@ from ..models import load_from_config, load_tokenizer, model_spec, resolve_devic
 from ..train.checkpoint import (MODEL_DIR, checkpoint_path, complete_checkpoints, damage, is_complete, step_of,
                                 usable_checkpoint)
 from ..train.methods import method_for
-from ..train.precision import Precision, resolve_precision
+from ..precision import Precision, resolve_precision
 
 
 def _checkpoint(run_dir: Path, step: int | None) -> Path:

@@ -26,7 +26,7 @@ from ..models import load_from_config, load_tokenizer, model_spec, resolve_devic
 from ..train import model_folder
 from ..train.checkpoint import MODEL_DIR, checkpoint_path, complete_checkpoints, damage, step_of, usable_checkpoint
 from ..train.methods import method_for
-from ..train.precision import resolve_precision
+from ..precision import resolve_precision
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 TRAINING_ONLY = {"trainer_state.pt", "COMPLETE"}

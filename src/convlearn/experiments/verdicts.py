@@ -2,7 +2,7 @@
 behind it. A verdict can fail, and it says `inconclusive` when its interval straddles the bar, `not measurable`
 when the evidence cannot decide at all (a retention benchmark at chance), `not measured` when a figure is absent.
 
-The thresholds come from the runs' `eval.criteria`; intervals and tests from experiments/stats.py. Pooled
+The thresholds come from the runs' `eval.criteria`; intervals and tests from eval/stats.py. Pooled
 points (several seeds): the mean of the runs' figures with a t interval across seeds; a single run: its own
 bootstrap interval over held-out samples / questions / steps.
 """
@@ -13,7 +13,7 @@ import statistics
 
 from scipy import stats as scipy_stats
 
-from . import stats
+from ..eval import stats
 
 CRITERIA = ("conversation_ppl", "retention", "memory", "speed")
 

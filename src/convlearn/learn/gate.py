@@ -26,7 +26,7 @@ from ..eval.stats import accuracy_change, ppl_change
 from ..eval.suites import RunEvaluator
 from ..models import load_from_config, resolve_device
 from ..store import Version
-from ..train.precision import resolve_precision
+from ..precision import resolve_precision
 from .records import Check, GateDecision, Status, TrainingOutcome, Unit
 
 CONVERSATIONS = ["conversation_ppl"]

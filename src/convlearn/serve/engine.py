@@ -2,7 +2,7 @@
 
 `Engine` is what the API needs: the model's context, a prompt's length, and a stream of text for a chat. The one
 here is transformers (`generate` + `TextIteratorStreamer`, the model's own chat template), loaded through the one
-model loader (the registry's attention: eager for Gemma-2) and run under the precision policy (train/precision.py:
+model loader (the registry's attention: eager for Gemma-2) and run under the precision policy (precision.py:
 `auto` is fp32 on CPU, bf16-mixed on a GPU), as training evaluated the model. Where one process is not enough,
 an existing serving engine (vLLM on GPUs) is the path: an `Engine` over its OpenAI-compatible server or its
 Python API, behind the same API, store and hot swap; it is not built here (no GPU to test it on).
@@ -23,7 +23,7 @@ from transformers import AutoTokenizer, StoppingCriteria, StoppingCriteriaList, 
 
 from ..models import FAMILIES, load_model, resolve_device
 from ..store import Version
-from ..train.precision import resolve_precision
+from ..precision import resolve_precision
 
 log = logging.getLogger("convlearn.serve")
 

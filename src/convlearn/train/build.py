@@ -22,7 +22,7 @@ from .distributed import Dist
 from .loop import Evaluator, Trainer
 from .methods import Method, Trainable, method_for
 from .model_folder import keep_base
-from .precision import Precision, resolve_precision
+from ..precision import Precision, resolve_precision
 from .replay import ReplayMixer
 from .telemetry import Telemetry
 

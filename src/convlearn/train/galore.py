@@ -11,7 +11,7 @@ reference's (tests/test_galore.py checks parity with galore_torch.GaLoreAdamW ac
     W <- W - step * scale * P (M / (sqrt(V) + eps))        then W <- W - lr * wd * W
 
 All optimizer state is tensors (moments, projector, step) plus plain numbers, so checkpoints load with
-`weights_only=True`. With `stochastic_rounding` (pure-bf16 training, train/precision.py) moments and weights are
+`weights_only=True`. With `stochastic_rounding` (pure-bf16 training, precision.py) moments and weights are
 computed in fp32 and stored in bf16 rounded stochastically, so small updates survive in expectation. A group
 with `galore=False` is plain AdamW (the GaLore reference's form: bias correction folded into the step size,
 weight decay after the update).
@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from .precision import stochastic_round_
+from ..precision import stochastic_round_
 
 log = logging.getLogger(__name__)
 # torch's fused AdamW kernel (CPU and CUDA): moments and update in one pass per tensor

@@ -25,7 +25,7 @@ from .checkpoint import MODEL_DIR, Checkpointer, load_trainer_state, set_rng_sta
 from .distributed import Dist
 from .galore import state_bytes
 from .methods import Trainable
-from .precision import Precision
+from ..precision import Precision
 from .summary import RunSummary
 from .telemetry import ActivationMeter, Telemetry, cuda_peak_bytes, tensor_bytes
 

@@ -6,7 +6,7 @@ optimizer allocates with (`Method.count_memory` in train/methods/; `methods.coun
 this module holds the shared rules and the rows of the memory and speed tables. tests/test_memory.py checks
 every count against the tensors a real training step allocates.
 
-Counts follow `train.precision` (train/precision.py): the model is built in the weight dtype (float32 for fp32 and
+Counts follow `train.precision` (precision.py): the model is built in the weight dtype (float32 for fp32 and
 bf16-mixed, bf16 for pure bf16) and gradients and state take their parameter's dtype; bf16-mixed holds frozen
 weights in bf16. The bf16 copies autocast makes of fp32 weights for the forward are per-step transients, measured
 with the activations (benchmarks/memory.py --activations), not counted here.
@@ -106,7 +106,7 @@ def layerwise_grad_peak(model: torch.nn.Module, trainable: list[torch.Tensor]) -
 
 
 def weight_bytes(params: list[torch.Tensor], trainable: list[torch.Tensor], precision: str = "fp32") -> int:
-    """Bytes of every weight held: frozen ones in bf16 under bf16-mixed (train/precision.py, Precision.hold_frozen)."""
+    """Bytes of every weight held: frozen ones in bf16 under bf16-mixed (precision.py, Precision.hold_frozen)."""
     live = {id(p) for p in trainable}
     if precision != "bf16-mixed":
         return sum(nbytes(p) for p in params)

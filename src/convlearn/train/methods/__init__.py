@@ -46,7 +46,7 @@ def build_method(model, cfg, spec, device: str, seed: int = 0) -> Trainable:
 
 def count_memory(model, method_cfg, targets, precision: str = "fp32"):
     """Weights, gradients at peak and optimizer state of the method a config section names, in bytes, on
-    `model` built in the weight dtype of `precision` (train/precision.py)."""
+    `model` built in the weight dtype of `precision` (precision.py)."""
     return method_for(method_cfg).count_memory(model, targets, precision)
 
 

@@ -11,7 +11,7 @@ from ..galore import GaLoreAdamW
 from ..layerwise import LayerwiseUpdater
 from ..memory import MemoryCount, adam_state, layerwise_grad_peak, nbytes, weight_bytes
 from ..params import embedding_weights, freeze_embeddings
-from ..precision import resolve_precision
+from ...precision import resolve_precision
 from . import register
 from .base import Method, Trainable, adam_kwargs
 

@@ -10,7 +10,7 @@ from ..layerwise import LayerwiseUpdater
 from ..memory import (STEP_BYTES, MemoryCount, adam_state, deferred_grad_peak, layerwise_grad_peak, lowrank_shapes,
                       nbytes, weight_bytes)
 from ..params import embedding_weights, freeze_embeddings, full_rank_targets, galore_parameters
-from ..precision import resolve_precision
+from ...precision import resolve_precision
 from . import register
 from .base import Method, Trainable, adam_kwargs
 
