@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast install browser clean docs
+.PHONY: demo test test-fast lint install browser clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/convlearn demo --out runs/demo
 
-test: $(STAMP) browser
+test: $(STAMP) browser lint
 	$(PY) -m pytest -q
+
+# pyflakes, pycodestyle and import order ([tool.ruff] in pyproject.toml); no fixing here: `ruff check --fix` by hand.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
 
 # The web page's test drives Debian's chromium through its driver. Installed when missing and when we may
 # (root, or sudo without a password); otherwise that one test skips and says why.
