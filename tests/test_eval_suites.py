@@ -74,6 +74,38 @@ def test_per_domain_figures_add_up_to_the_overall_counts(setup, tiny_models, mon
         "conversation_ppl", "domain_ppl", "original_ppl"}
 
 
+def test_an_evaluation_is_one_registered_class_and_the_heldout_pass_is_shared(setup, tiny_models, monkeypatch):
+    """A registered class is a suite item with nothing else to change; conversation_ppl, domain_ppl and any
+    evaluation reading ctx.heldout_losses share one held-out pass per run() call; unknown items name the key."""
+    from convlearn.errors import ConfigError
+    from convlearn.eval import evaluations
+    from convlearn.eval.evaluations import Evaluation, base, register_evaluation
+
+    class HeldoutTokens(Evaluation):
+        name = "heldout_tokens"
+
+        def run(self, ctx, model):
+            return {"tokens": int(ctx.heldout_losses(model)["tokens_all"].sum()), "step": ctx.step}
+    root, cfg, tok, prepared = setup
+    monkeypatch.setitem(evaluations._REGISTRY, HeldoutTokens.name, HeldoutTokens)  # removed again after
+    monkeypatch.setitem(cfg.eval.suites, "mine", ["conversation_ppl", "domain_ppl", "heldout_tokens"])
+    passes = []
+    monkeypatch.setattr(base, "sample_losses", lambda *a, **k: passes.append(1) or sample_losses(*a, **k))
+    ev = RunEvaluator(cfg, tok, model_spec(cfg.model.name), prepared, root / "registry")
+    model = load_model(str(tiny_models["qwen2"]))
+    record = ev.run(model, 3, "mine")
+    assert list(record["evaluations"]) == ["conversation_ppl", "domain_ppl", "heldout_tokens"] and len(passes) == 1
+    assert record["evaluations"]["heldout_tokens"] == {
+        "tokens": record["evaluations"]["conversation_ppl"]["all"]["tokens"], "step": 3}
+    ev.run(model, 4, "mine")
+    assert len(passes) == 2  # a fresh pass per call: the model may have changed in between
+    with pytest.raises(RuntimeError, match="two evaluations are named 'quality'"):
+        register_evaluation(type("Again", (Evaluation,), {"name": "quality"}))
+    monkeypatch.setitem(cfg.eval.suites, "typo", ["conversation_pl"])
+    with pytest.raises(ConfigError, match=r"^eval\.suites\.typo: unknown evaluation 'conversation_pl' \(known: "):
+        RunEvaluator(cfg, tok, model_spec(cfg.model.name), prepared, root / "typo")
+
+
 def test_grouped_figures_are_exact_partitions():
     per = {k: np.array([1.0, 2.0, 3.0, 4.0]) for k in
            ("nats_all", "tokens_all", "bytes_all", "nats_assistant", "tokens_assistant", "bytes_assistant")}

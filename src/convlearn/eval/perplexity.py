@@ -88,7 +88,7 @@ def _ratio_se(nats: np.ndarray, tokens: np.ndarray, select, loss: float) -> floa
 
 def per_sample_json(per_sample: dict[str, np.ndarray], ids: list[str]) -> dict:
     """Every sample's nats and token counts under both masks, with its id: what a paired bootstrap of a change
-    between two evaluations of the same samples needs (eval records keep it; experiments/stats.py uses it)."""
+    between two evaluations of the same samples needs (eval records keep it; eval/stats.py uses it)."""
     out = {"ids": list(ids)}
     for k in ("nats_all", "tokens_all", "nats_assistant", "tokens_assistant"):
         out[k] = [round(float(v), 4) for v in per_sample[k]]

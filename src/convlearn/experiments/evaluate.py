@@ -8,6 +8,7 @@ from pathlib import Path
 from ..config import load_config
 from ..data.prepare import prepare
 from ..errors import UserError
+from ..eval.evaluations import check_suites
 from ..eval.forgetting import write_analysis
 from ..eval.suites import RunEvaluator, headline
 from ..models import load_from_config, load_tokenizer, model_spec
@@ -47,6 +48,7 @@ def evaluate(target: str, suite: str = "full", step: int | None = None, config: 
         out_dir = Path(out or f"runs/eval-{Path(target).name}")
     if suite not in cfg.eval.suites:
         raise UserError(f"--suite: unknown suite {suite!r} (eval.suites: {', '.join(cfg.eval.suites)})")
+    check_suites(cfg.eval)  # before the data is prepared and the model loaded
     tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
     spec = model_spec(cfg.model.name, cfg.model.revision)
     prepared = prepare(cfg, tok, spec, progress=cfg.logging.progress)

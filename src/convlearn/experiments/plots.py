@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .stats import slope_interval
+from ..eval.stats import slope_interval
 
 
 def _plt():

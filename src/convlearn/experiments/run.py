@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..eval.adaptation import write_adaptation
+from ..eval.evaluations import check_suites
 from ..eval.forgetting import write_analysis
 from ..eval.records import load_evals
 from ..eval.suites import RunEvaluator, ScheduledEvaluator
@@ -15,6 +16,7 @@ from ..train.checkpoint import link_final
 
 
 def run_training(cfg, out: str | Path | None = None, max_steps: int | None = None, resume: bool = False) -> dict:
+    check_suites(cfg.eval)  # an unknown evaluation in eval.suites: exit 2 before the data is prepared
     setup = set_up_run(cfg, Path(out or cfg.output_dir), resume)
     try:
         evaluator = ScheduledEvaluator(RunEvaluator(cfg, setup.tokenizer, setup.spec, setup.prepared, setup.out),

@@ -24,7 +24,7 @@ from ..config import SourceConfig
 from ..data.prepare import prepare
 from ..eval.records import EvalRecord
 from ..eval.suites import RunEvaluator
-from ..experiments.stats import accuracy_change, ppl_change
+from ..eval.stats import accuracy_change, ppl_change
 from ..models import load_from_config
 
 CONVERSATIONS = ["conversation_ppl"]

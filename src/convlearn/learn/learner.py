@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..config import SourceConfig, dump_config
 from ..errors import UserError
+from ..eval.evaluations import check_suites
 from ..store import Store, default_url
 from ..store.versions import BASE_VERSION, ensure_base
 from ..train import precision as precision_mod
@@ -51,7 +52,9 @@ def learn_config(path: str | None, sets: list[str]):
         return isinstance(raw, dict) and isinstance(raw.get(section), dict) and key in raw[section]
     defaults = [f"{section}.{key}={value}" for (section, key), value in LEARN_DEFAULTS.items()
                 if not given(section, key)]
-    return load_config(path, defaults + list(sets), require=("model.name",))
+    cfg = load_config(path, defaults + list(sets), require=("model.name",))
+    check_suites(cfg.eval)  # the gate's evaluator would find an unknown evaluation only after a round's training
+    return cfg
 
 
 def _write_json(path: Path, obj) -> None:

@@ -26,7 +26,7 @@ from ..data.probes import make_probes
 from ..data.records import DataStats
 from ..data.stream import read_source
 from ..experiments.demo import PRETRAIN_DOCUMENTS, pretrain_base, tiny_twin
-from ..experiments.stats import above_chance
+from ..eval.stats import above_chance
 from .canary import RISK_KNOBS, exposures, make_canaries, prompt_renderer
 from .learner import Learner
 
