@@ -43,7 +43,7 @@ def main(argv=None) -> None:
         "eval.suites.ppl=[conversation_ppl, domain_ppl, original_ppl]", "eval.schedule=[]", "eval.final_suite=null"])
     tok = load_tokenizer(str(model_dir))
     prepared = prepare(cfg, tok, model_spec(str(model_dir)), progress=False)
-    ev = RunEvaluator(cfg, tok, model_spec(str(model_dir)), prepared, tmp / "run")
+    ev = RunEvaluator.for_run(cfg, tok, model_spec(str(model_dir)), prepared, tmp / "run")
     model = load_model(str(model_dir)).eval()
     ev.original()  # tokenized once per run; timed below as part of the first original_ppl
     for suite in ("quick", "ppl"):

@@ -80,4 +80,4 @@ def test_offline_without_a_local_copy_names_the_key(tiny_models, tokenizers, tmp
                              f"data.cache_dir={tmp_path}", "eval.original=null"])
     prepared = prepare(cfg, tokenizers["qwen2"], model_spec(cfg.model.name), progress=False)
     with pytest.raises(UserError, match=r"eval.benchmarks\[0\].data_dir: the hub is offline"):
-        RunEvaluator(cfg, tokenizers["qwen2"], model_spec(cfg.model.name), prepared, tmp_path)
+        RunEvaluator.for_run(cfg, tokenizers["qwen2"], model_spec(cfg.model.name), prepared, tmp_path)

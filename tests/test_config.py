@@ -60,8 +60,9 @@ def test_bad_config_file_exits_2_with_one_line(tmp_path):
 
 def test_config_reference_is_current():
     """docs/CONFIG.md is generated from the code (`make docs`); every key has a doc string."""
+    from convlearn.eval.evaluations import evaluations_docs
     from convlearn.train.methods import methods_docs
-    docs = config_docs() + methods_docs()
+    docs = config_docs() + methods_docs() + evaluations_docs()
     assert (ROOT / "docs" / "CONFIG.md").read_text() == docs
     rows = [line for line in docs.splitlines() if line.startswith("| `")]
     assert len(rows) > 25 and all(not line.rstrip().endswith("|  |") for line in rows)
@@ -74,3 +75,18 @@ def test_gpu_training_defaults_are_the_correct_ones():
     assert cfg.method.layerwise_clipping == "global"
     assert not hasattr(cfg.eval, "mmlu_success_bar")  # the success bars live in eval.criteria, one place
     assert cfg.eval.criteria.retention_points == 3.0 and cfg.eval.criteria.conversation_ppl_change == -0.15
+
+
+def test_an_unknown_evaluation_exits_2_naming_its_suite(tmp_path):
+    """config/ cannot see the evaluations registry (eval/evaluations/): `config show` and `train` check suite
+    items themselves, before any work (the train run below never gets to its model or data)."""
+    from convlearn.eval.evaluations import evaluation_names
+    known = f"(known: {', '.join(evaluation_names())})"
+    res = cli("config", "show", "--set", "eval.suites.quick=[conversation_ppl, bleu]")
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"convlearn: error: eval.suites.quick: unknown evaluation 'bleu' {known}"]
+    (tmp_path / "run.yaml").write_text("model:\n  name: no/such-model\neval:\n  suites:\n    mine: [bleu]\n")
+    res = cli("train", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "out"))
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"convlearn: error: eval.suites.mine: unknown evaluation 'bleu' {known}"]
+    assert not (tmp_path / "out").exists()

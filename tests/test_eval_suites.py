@@ -57,7 +57,7 @@ def test_per_domain_figures_add_up_to_the_overall_counts(setup, tiny_models, mon
     (root / "map.json").write_text(json.dumps({cid: "even" if i % 2 else "odd" for i, cid in
                                                enumerate(dict.fromkeys(heldout_ids))}))
     monkeypatch.setattr(cfg.eval, "domain_map", str(root / "map.json"))  # the module's config, restored after
-    ev = RunEvaluator(cfg, tok, model_spec(cfg.model.name), prepared, root / "run")
+    ev = RunEvaluator.for_run(cfg, tok, model_spec(cfg.model.name), prepared, root / "run")
     record = ev.run(load_model(str(tiny_models["qwen2"])), 0, "ppl")
     overall = record["evaluations"]["conversation_ppl"]
     groups = record["evaluations"]["domain_ppl"]["groups"]
@@ -72,6 +72,38 @@ def test_per_domain_figures_add_up_to_the_overall_counts(setup, tiny_models, mon
     assert original["source"] == "python-docstrings" and original["samples"] >= 40 and original["all"]["ppl"] > 1
     assert (root / "run" / "evals" / "step-0.json").is_file() and set(record["seconds"]) == {
         "conversation_ppl", "domain_ppl", "original_ppl"}
+
+
+def test_an_evaluation_is_one_registered_class_and_the_heldout_pass_is_shared(setup, tiny_models, monkeypatch):
+    """A registered class is a suite item with nothing else to change; conversation_ppl, domain_ppl and any
+    evaluation reading ctx.heldout_losses share one held-out pass per run() call; unknown items name the key."""
+    from convlearn.errors import ConfigError
+    from convlearn.eval import evaluations
+    from convlearn.eval.evaluations import Evaluation, base, register_evaluation
+
+    class HeldoutTokens(Evaluation):
+        name = "heldout_tokens"
+
+        def run(self, ctx, model):
+            return {"tokens": int(ctx.heldout_losses(model)["tokens_all"].sum()), "step": ctx.step}
+    root, cfg, tok, prepared = setup
+    monkeypatch.setitem(evaluations._REGISTRY, HeldoutTokens.name, HeldoutTokens)  # removed again after
+    monkeypatch.setitem(cfg.eval.suites, "mine", ["conversation_ppl", "domain_ppl", "heldout_tokens"])
+    passes = []
+    monkeypatch.setattr(base, "sample_losses", lambda *a, **k: passes.append(1) or sample_losses(*a, **k))
+    ev = RunEvaluator.for_run(cfg, tok, model_spec(cfg.model.name), prepared, root / "registry")
+    model = load_model(str(tiny_models["qwen2"]))
+    record = ev.run(model, 3, "mine")
+    assert list(record["evaluations"]) == ["conversation_ppl", "domain_ppl", "heldout_tokens"] and len(passes) == 1
+    assert record["evaluations"]["heldout_tokens"] == {
+        "tokens": record["evaluations"]["conversation_ppl"]["all"]["tokens"], "step": 3}
+    ev.run(model, 4, "mine")
+    assert len(passes) == 2  # a fresh pass per call: the model may have changed in between
+    with pytest.raises(RuntimeError, match="two evaluations are named 'quality'"):
+        register_evaluation(type("Again", (Evaluation,), {"name": "quality"}))
+    monkeypatch.setitem(cfg.eval.suites, "typo", ["conversation_pl"])
+    with pytest.raises(ConfigError, match=r"^eval\.suites\.typo: unknown evaluation 'conversation_pl' \(known: "):
+        RunEvaluator.for_run(cfg, tok, model_spec(cfg.model.name), prepared, root / "typo")
 
 
 def test_grouped_figures_are_exact_partitions():
@@ -102,7 +134,7 @@ class _Judge(BaseHTTPRequestHandler):
 def test_quality_answers_rouge_and_a_pairwise_judge(setup, tiny_models, monkeypatch):
     root, cfg, tok, prepared = setup
     model = load_model(str(tiny_models["qwen2"]))
-    ev = RunEvaluator(cfg, tok, model_spec(cfg.model.name), prepared, root / "quality")
+    ev = RunEvaluator.for_run(cfg, tok, model_spec(cfg.model.name), prepared, root / "quality")
     q0 = ev.run(model, 0, "q")["evaluations"]["quality"]
     assert q0["prompts"] == 6 and 0 <= q0["rougeL"] <= 1 and q0["reference_nll_per_token"] > 0
     assert q0["judge"] == {"skipped": "no judge configured (eval.judge.base_url is null)"}

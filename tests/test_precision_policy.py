@@ -46,7 +46,7 @@ def plain_evaluation(run, step: int, out):
         cfg.model.name)
     prec.hold_frozen(model)
     model.eval()
-    evaluator = RunEvaluator(cfg, tok, spec, prepare(cfg, tok, spec, progress=False), out)
+    evaluator = RunEvaluator.for_run(cfg, tok, spec, prepare(cfg, tok, spec, progress=False), out)
     with torch.no_grad(), prec.autocast():
         return evaluator.run(model, step, "quick")
 

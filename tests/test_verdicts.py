@@ -4,18 +4,21 @@ import numpy as np
 import pytest
 
 from convlearn.config import load_config
+from convlearn.eval import stats
 from convlearn.eval.adaptation import adaptation
 from convlearn.eval.records import EvalRecord
-from convlearn.eval import stats
 from convlearn.experiments.verdicts import (online_hypothesis, optimizers_hypothesis, replay_hypothesis,
                                             success_criteria)
+from convlearn.train.methods import method_classes
 
 CRITERIA = load_config(None).eval.criteria
+REFERENCE = {m.name: m.reference for m in method_classes()}  # what experiments/figures.py records per run
 
 
 def run(name, method="galore", **figures):
     base = {"run": name, "point": name.rsplit("-s", 1)[0] if "-s" in name else name, "method": method,
-            "layerwise": False, "peak_memory_source": "counted state + measured activations"}
+            "reference": REFERENCE[method], "layerwise": False,
+            "peak_memory_source": "counted state + measured activations"}
     return {**base, **figures}
 
 
@@ -171,3 +174,25 @@ def test_online_adaptation_needs_more_than_noise_and_drift():
 def test_optimizers_hypothesis_needs_paired_samples():
     v = optimizers_hypothesis([run("adamw", "adamw"), run("lora-r16", "lora"), run("galore-r32")], CRITERIA)
     assert v["verdicts"]["galore-r32"]["verdict"] == "not measured"
+
+
+def test_reference_runs_are_picked_by_the_method_role_not_its_name(tmp_path):
+    """Figures record each run's `Method.reference`; verdicts read that. A baseline under another name is still
+    the baseline, layer-wise AdamW is not, and every method that is no baseline is judged by the hypothesis."""
+    from convlearn.config import dump_config
+    from convlearn.experiments.figures import run_figures
+    assert (REFERENCE["adamw"], REFERENCE["lora"], REFERENCE["galore"]) == ("full", "adapter", None)
+    for name, role in (("adamw", "full"), ("lora", "adapter"), ("galore", None)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(dump_config(load_config(None, [f"method.name={name}"])))
+        assert run_figures(tmp_path / name)["reference"] == role
+    runs = [{**run("base", "adamw", peak_memory_bytes=100, _steps=steps(100)), "method": "full-ft"},
+            run("adamw-lw", "adamw", layerwise=True, peak_memory_bytes=60, _steps=steps(100)),
+            run("galore", peak_memory_bytes=40, _steps=steps(100))]
+    v = success_criteria(runs, CRITERIA)
+    assert v["base"]["memory"]["verdict"] == "reference"
+    assert runs[1]["memory_vs_adamw"] == pytest.approx(0.6) and v["adamw-lw"]["memory"]["verdict"] == "fail"
+    assert runs[2]["memory_vs_adamw"] == pytest.approx(0.4) and v["galore"]["memory"]["verdict"] == "pass"
+    hyp = optimizers_hypothesis([{**run("a", "adamw"), "method": "full-ft"}, {**run("l", "lora"), "method": "peft"},
+                                 run("g"), run("apollo", "apollo")], CRITERIA)["verdicts"]
+    assert set(hyp) == {"g", "apollo"} and hyp["g"]["verdict"] == "not measured"

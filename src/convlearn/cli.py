@@ -24,12 +24,14 @@ def _cmd_tiny_model(args) -> int:
 
 def _cmd_config(args) -> int:
     from .config import config_docs, dump_config, load_config
+    from .eval.evaluations import check_suites, evaluations_docs
     from .train.methods import method_for, methods_docs
     if args.action == "docs":
-        sys.stdout.write(config_docs() + methods_docs())
+        sys.stdout.write(config_docs() + methods_docs() + evaluations_docs())
     else:
         cfg = load_config(args.config, args.set)
         method_for(cfg.method)
+        check_suites(cfg.eval)
         sys.stdout.write(dump_config(cfg))
     return 0
 

@@ -1,4 +1,5 @@
-"""Named evaluation suites on one model, at scheduled steps, each writing `evals/step-N.json`.
+"""Named evaluation suites on one model, at scheduled steps, each writing `evals/step-N.json`. A suite is a list
+of registered evaluations (eval/evaluations/, one module each); this module only schedules and runs them.
 
 The same `RunEvaluator` serves the training loop's hook (the live model) and `convlearn eval` (a checkpoint or
 hub model): every figure is computed by the same code either way.
@@ -8,20 +9,19 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from huggingface_hub import constants
 
 from ..data.prepare import renderer_for
-from ..data.records import DataStats, Document
+from ..data.records import Conversation, DataStats, Document
 from ..data.splits import original_eval_documents
 from ..data.stream import read_source
 from ..errors import UserError
 from .benchmarks import Benchmarks
-from .perplexity import figures, grouped_figures, per_sample_json, sample_losses
-from .probes import load_probes, probe_figures
-from .quality import response_quality
+from .evaluations import EvalContext, check_suites, evaluation_for
 from .records import EvalRecord
 
 
@@ -57,48 +57,56 @@ def _domain_map(path: str) -> dict[str, str]:
 
 
 class RunEvaluator:
-    def __init__(self, cfg, tokenizer, spec, prepared, out_dir: Path, suites: set[str] | None = None):
+    """Runs suites of registered evaluations (eval/evaluations/) on a model and writes `evals/step-N.json`. It
+    keeps what does not depend on the model (held-out samples, answer pairs, original text, lm-eval tasks)
+    across calls; each call hands its evaluations an `EvalContext`."""
+
+    def __init__(self, cfg, tokenizer, spec, out_dir: Path, *, samples=None,
+                 conversations: Callable[[], list[Conversation]] | None = None, suites: set[str] | None = None):
+        """`samples`: the tokenized samples the perplexity evaluations score (a datasets.Dataset; at most
+        eval.heldout_samples of them), `conversations`: the conversations the quality prompts come from; both
+        never trained on. `for_run` takes them from a run's prepared data."""
+        check_suites(cfg.eval)  # config/ cannot see the registry: unknown items fail here, before any work
         self.cfg, self.ecfg, self.tok = cfg, cfg.eval, tokenizer
         self.out = Path(out_dir)
         self.evals_dir = self.out / "evals"
         self.renderer = renderer_for(cfg, tokenizer, spec)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-        heldout = prepared.dataset("heldout")
-        n = len(heldout) if self.ecfg.heldout_samples is None else min(self.ecfg.heldout_samples, len(heldout))
-        self.heldout = heldout.select(range(n)) if n < len(heldout) else heldout
-        self._prepared = prepared
+        samples = samples if samples is not None else []
+        n = len(samples) if self.ecfg.heldout_samples is None else min(self.ecfg.heldout_samples, len(samples))
+        self.heldout = samples.select(range(n)) if n < len(samples) else samples
+        self._conversations = conversations or list
         self._pairs: list[dict] | None = None
         self._original = None
         self._benchmarks = None
-        self._losses = None
         self.domain_map = _domain_map(self.ecfg.domain_map) if self.ecfg.domain_map else None
         self._check_offline(suites)
 
+    @classmethod
+    def for_run(cls, cfg, tokenizer, spec, prepared, out_dir: Path, suites: set[str] | None = None
+                ) -> "RunEvaluator":
+        """The evaluator of a run: its prepared data's held-out side."""
+        return cls(cfg, tokenizer, spec, out_dir, samples=prepared.dataset("heldout"),
+                   conversations=prepared.heldout_conversations, suites=suites)
+
     def _check_offline(self, suites: set[str] | None) -> None:
-        """Offline, fail before any work if a suite that will run needs the hub (naming the key)."""
+        """Offline, fail before any work if an evaluation of a suite that will run needs the hub (naming the
+        key)."""
         if not constants.HF_HUB_OFFLINE:
             return
         if suites is None:
             suites = {e.suite for e in self.ecfg.schedule} | {self.ecfg.final_suite} - {None}
             if self.ecfg.every:
                 suites.add(self.ecfg.every_suite)
-        used = {item for name in suites for item in suite_items(self.ecfg, name)}
-        original = self.ecfg.original
-        if "original_ppl" in used and original is not None and not Path(original.path).exists() \
-                and original.path not in ("chatterbot", "python-docstrings"):
-            raise UserError(f"eval.original.path: the hub is offline and {original.path!r} is not a local file "
-                            "(use a local C4/RedPajama-style file or `python-docstrings`)")
-        if "benchmarks" in used:
-            for i, b in enumerate(self.ecfg.benchmarks):
-                if not b.data_dir:
-                    raise UserError(f"eval.benchmarks[{i}].data_dir: the hub is offline, so {b.name} needs a "
-                                    "local copy of its data (or drop `benchmarks` from eval.suites)")
+        used = dict.fromkeys(item for name in sorted(suites) for item in suite_items(self.ecfg, name))
+        for name in used:
+            evaluation_for(name).check_offline(self.ecfg)
 
     # -- lazily built inputs ----------------------------------------------------------------------------
     def pairs(self) -> list[dict]:
         if self._pairs is None:
             self._pairs = []
-            for conv in self._prepared.heldout_conversations():
+            for conv in self._conversations():
                 self._pairs.extend(self.renderer.prompt_response_pairs(conv))
                 if len(self._pairs) >= self.ecfg.quality_prompts:
                     break
@@ -109,7 +117,7 @@ class RunEvaluator:
         """The original-distribution documents, tokenized once, as an in-memory dataset."""
         if self._original is None:
             import datasets  # ~1 s to import: only when the original text is scored
-            docs = [d for d in read_source(self.ecfg.original, DataStats(), None, False)
+            docs = [d for d in read_source(self.ecfg.original, DataStats())
                     if isinstance(d, Document)]
             docs = original_eval_documents(self.cfg, docs)
             samples = [s for group in self.renderer.render_documents(docs) for s in group]
@@ -120,69 +128,31 @@ class RunEvaluator:
                 "token_bytes": [s.token_bytes.tolist() for s in samples]})
         return self._original
 
-    # -- evaluations -----------------------------------------------------------------------------------
-    def _conversation(self, model, per_domain: bool) -> dict:
-        if not len(self.heldout):
-            return {"skipped": "no held-out samples"}
-        if self._losses is None:  # conversation_ppl and domain_ppl of one run share one pass
-            self._losses = sample_losses(model, self.heldout, self.pad, self.ecfg.batch_size)
-        per = self._losses
-        out = figures(per)
-        if not per_domain:
-            out["per_sample"] = per_sample_json(per, [f"{c}#{w}" for c, w in
-                                                      zip(self.heldout["conversation_id"], self.heldout["window"])])
-        else:
-            groups = {}
-            for key in self.ecfg.domain_by:
-                groups[key] = grouped_figures(per, [str(x) for x in self.heldout[key]])
-            if self.domain_map is not None:
-                groups["mapped"] = grouped_figures(per, [self.domain_map.get(c, "unmapped")
-                                                         for c in self.heldout["conversation_id"]])
-            out = {"groups": groups}
-        return out
-
-    def _original_ppl(self, model) -> dict:
-        if self.ecfg.original is None:
-            return {"skipped": "eval.original is null"}
-        docs = self.original()
-        per = sample_losses(model, docs, self.pad, self.ecfg.batch_size)
-        return {**figures(per), "source": self.ecfg.original.path,
-                "per_sample": per_sample_json(per, docs["doc_id"])}
-
-    def run(self, model, step: int, suite: str) -> dict:
-        self._losses = None
-        record = {"step": step, "suite": suite, "evaluations": {}, "seconds": {},
-                  "settings": {"heldout_samples": len(self.heldout), "batch_size": self.ecfg.batch_size}}
-        for name in suite_items(self.ecfg, suite):
-            started = time.perf_counter()
-            if name == "conversation_ppl":
-                result = self._conversation(model, False)
-            elif name == "domain_ppl":
-                result = self._conversation(model, True)
-            elif name == "original_ppl":
-                result = self._original_ppl(model)
-            elif name == "quality":
-                result = response_quality(model, self.tok, self.pairs(), self.ecfg, self.evals_dir, step)
-            elif name == "probes":
-                result = probe_figures(model, self.tok, load_probes(self.ecfg.probes), self._question_prompt,
-                                       self.ecfg.batch_size) if self.ecfg.probes else \
-                    {"skipped": "eval.probes is null"}
-            else:  # benchmarks, mmlu_quick
-                result = self.benchmarks().run(model, self.tok, quick_mmlu=name == "mmlu_quick")
-            record["evaluations"][name] = result
-            record["seconds"][name] = round(time.perf_counter() - started, 3)
-        self.evals_dir.mkdir(parents=True, exist_ok=True)
-        (self.evals_dir / f"step-{step}.json").write_text(json.dumps(record, indent=2, default=_json))
-        return record
-
     def benchmarks(self):
         if self._benchmarks is None:
             self._benchmarks = Benchmarks(self.ecfg, self.out / "lm_eval_tasks")
         return self._benchmarks
 
-    def _question_prompt(self, question: str) -> str:
-        msgs = self.renderer.messages_from([{"role": "user", "content": question}])
-        return self.renderer.generation_prompt(msgs)
+    # -- a suite ---------------------------------------------------------------------------------------
+    def context(self, step: int) -> EvalContext:
+        """What one run() call gives its evaluations (a fresh one per call: the held-out losses it caches
+        belong to that call's model)."""
+        return EvalContext(ecfg=self.ecfg, tokenizer=self.tok, renderer=self.renderer, heldout=self.heldout,
+                           pad=self.pad, out=self.out, evals_dir=self.evals_dir, step=step,
+                           domain_map=self.domain_map, pairs=self.pairs, original=self.original,
+                           benchmarks=self.benchmarks)
+
+    def run(self, model, step: int, suite: str) -> dict:
+        ctx = self.context(step)
+        record = {"step": step, "suite": suite, "evaluations": {}, "seconds": {},
+                  "settings": {"heldout_samples": len(self.heldout), "batch_size": self.ecfg.batch_size}}
+        for name in suite_items(self.ecfg, suite):
+            started = time.perf_counter()
+            record["evaluations"][name] = evaluation_for(name).run(ctx, model)
+            record["seconds"][name] = round(time.perf_counter() - started, 3)
+        self.evals_dir.mkdir(parents=True, exist_ok=True)
+        (self.evals_dir / f"step-{step}.json").write_text(json.dumps(record, indent=2, default=_json))
+        return record
 
 
 def headline(record: dict) -> dict:

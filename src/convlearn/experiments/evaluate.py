@@ -11,6 +11,7 @@ import torch
 from ..config import load_config
 from ..data.prepare import prepare
 from ..errors import UserError
+from ..eval.evaluations import check_suites
 from ..eval.forgetting import write_analysis
 from ..eval.suites import RunEvaluator, headline
 from ..models import load_from_config, load_tokenizer, model_spec, resolve_device
@@ -51,6 +52,7 @@ def evaluate(target: str, suite: str = "full", step: int | None = None, config: 
         out_dir = Path(out or f"runs/eval-{Path(target).name}")
     if suite not in cfg.eval.suites:
         raise UserError(f"--suite: unknown suite {suite!r} (eval.suites: {', '.join(cfg.eval.suites)})")
+    check_suites(cfg.eval)  # before the data is prepared and the model loaded
     tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
     spec = model_spec(cfg.model.name, cfg.model.revision)
     prepared = prepare(cfg, tok, spec, progress=cfg.logging.progress)
@@ -61,7 +63,7 @@ def evaluate(target: str, suite: str = "full", step: int | None = None, config: 
     prec.hold_frozen(model)  # what the run did not train is held as training held it (bf16 in bf16-mixed)
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
-    evaluator = RunEvaluator(cfg, tok, spec, prepared, out_dir, suites={suite})
+    evaluator = RunEvaluator.for_run(cfg, tok, spec, prepared, out_dir, suites={suite})
     with torch.no_grad(), prec.autocast():  # as the training loop runs its evaluations
         record = evaluator.run(model, step, suite)
     result = {"step": step, "suite": suite, "file": str(out_dir / "evals" / f"step-{step}.json"),

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from ..config import load_config
 from ..errors import UserError
+from ..eval import stats
 from ..eval.records import EvalRecord, load_evals
 from ..train.methods import method_for
-from . import stats
 
 
 def point_name(run: str) -> str:
@@ -41,8 +41,9 @@ def run_figures(run_dir: str | Path) -> dict:
         if (run / "metrics.jsonl").is_file() else []
     evals = load_evals(run)
     out = {"run": run.name, "point": point_name(run.name), "path": str(run), "method": method.name,
-           "method_label": method.label, "layerwise": cfg.method.layerwise, "rank": method.rank,
-           "clipping": _clipping(cfg), "lr": cfg.train.lr, "precision": summary.get("precision"),
+           "method_label": method.label, "reference": method.reference, "layerwise": cfg.method.layerwise,
+           "rank": method.rank, "clipping": _clipping(cfg), "lr": cfg.train.lr,
+           "precision": summary.get("precision"),
            "replay_ratio": cfg.replay.ratio, "conversations": cfg.data.max_conversations, "seed": cfg.seed,
            "model": cfg.model.name, "steps": summary.get("steps", len(metrics)),
            "tokens": summary.get("tokens"), "tokens_per_s": summary.get("tokens_per_s"),

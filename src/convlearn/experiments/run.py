@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from ..eval.adaptation import write_adaptation
+from ..eval.evaluations import check_suites
 from ..eval.forgetting import write_analysis
 from ..eval.records import load_evals
 from ..eval.suites import RunEvaluator, ScheduledEvaluator
@@ -18,9 +19,11 @@ from ..train.summary import RunSummary
 
 
 def run_training(cfg, out: str | Path | None = None, max_steps: int | None = None, resume: bool = False) -> RunSummary:
+    check_suites(cfg.eval)  # an unknown evaluation in eval.suites: exit 2 before the data is prepared
     setup = set_up_run(cfg, Path(out or cfg.output_dir), resume)
     try:
-        evaluator = ScheduledEvaluator(RunEvaluator(cfg, setup.tokenizer, setup.spec, setup.prepared, setup.out),
+        evaluator = ScheduledEvaluator(RunEvaluator.for_run(cfg, setup.tokenizer, setup.spec, setup.prepared,
+                                                            setup.out),
                                        cfg.eval, max_steps or cfg.train.max_steps) if setup.dist.main else None
         trainer = build_trainer(setup, evaluator, max_steps)
         summary = trainer.run()

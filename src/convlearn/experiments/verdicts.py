@@ -66,9 +66,16 @@ def _interval(p, pct: bool = False) -> str:
     return f"{_fmt(est, pct)} [{_fmt(lo, pct)}, {_fmt(hi, pct)}{seeds}]"
 
 
+def is_reference(run: dict, role: str) -> bool:
+    """Whether a run is a baseline of `role` (its method's `Method.reference`: "full" = full fine-tuning,
+    "adapter" = the low-memory adapter). Layer-wise updates are not the baseline a user would run."""
+    return run.get("reference") == role and not run.get("layerwise")
+
+
 def success_criteria(runs: list[dict], c) -> dict[str, dict]:
-    """Per point (seeds pooled), the four success criteria. AdamW runs are the memory / speed reference."""
-    adamw = [r for r in runs if r["method"] == "adamw" and not r.get("layerwise")]
+    """Per point (seeds pooled), the four success criteria. The full fine-tuning baseline's runs (AdamW) are the
+    memory / speed reference."""
+    adamw = [r for r in runs if is_reference(r, "full")]
     ref_mem = statistics.fmean(r["peak_memory_bytes"] for r in adamw if r.get("peak_memory_bytes")) \
         if any(r.get("peak_memory_bytes") for r in adamw) else None
     ref_steps = next((r["_steps"] for r in adamw if r.get("_steps")), None)
@@ -82,7 +89,7 @@ def success_criteria(runs: list[dict], c) -> dict[str, dict]:
     for point in dict.fromkeys(r["point"] for r in runs):
         members = [r for r in runs if r["point"] == point]
         v = {"conversation_ppl": _learning(members, c), "retention": _retention(members, c)}
-        if members[0]["method"] == "adamw" and not members[0].get("layerwise"):
+        if is_reference(members[0], "full"):
             v["memory"] = v["speed"] = verdict("reference", "AdamW is the baseline")
         else:
             v["memory"], v["speed"] = _memory(members, c), _speed(members, c)
@@ -139,11 +146,12 @@ def _speed(members: list[dict], c) -> dict:
 # -- each experiment's hypothesis ------------------------------------------------------------------------
 def optimizers_hypothesis(runs: list[dict], c) -> dict:
     """GaLore learns like AdamW (its perplexity gain, paired on the same held-out samples, is at least a share of
-    AdamW's) with LoRA-like memory (peak memory at most a multiple of LoRA's)."""
-    adamw = next((r for r in runs if r["method"] == "adamw" and not r.get("layerwise")), None)
-    lora = next((r for r in runs if r["method"] == "lora"), None)
+    AdamW's) with LoRA-like memory (peak memory at most a multiple of LoRA's). The references are the runs whose
+    method is the full / adapter baseline; every point of a method that is neither is judged."""
+    adamw = next((r for r in runs if is_reference(r, "full")), None)
+    lora = next((r for r in runs if is_reference(r, "adapter")), None)
     rows = {}
-    for point in dict.fromkeys(r["point"] for r in runs if r["method"] == "galore"):
+    for point in dict.fromkeys(r["point"] for r in runs if r.get("reference") is None):
         r = next(x for x in runs if x["point"] == point)
         if adamw is None or lora is None or "_conversation_ppl_samples" not in r \
                 or "_conversation_ppl_samples" not in adamw:

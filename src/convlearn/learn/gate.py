@@ -25,8 +25,8 @@ from ..eval.records import EvalRecord
 from ..eval.stats import accuracy_change, ppl_change
 from ..eval.suites import RunEvaluator
 from ..models import load_from_config, resolve_device
-from ..store import Version
 from ..precision import resolve_precision
+from ..store import Version
 from .records import Check, GateDecision, Status, TrainingOutcome, Unit
 
 CONVERSATIONS = ["conversation_ppl"]

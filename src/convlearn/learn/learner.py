@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..config import SourceConfig, dump_config
 from ..errors import UserError
+from ..eval.evaluations import check_suites
 from ..models import load_tokenizer, model_spec
 from ..store import RoundDir, ServeDir, Store, Version
 from ..store.versions import BASE_VERSION, ensure_base
@@ -53,7 +54,9 @@ def learn_config(path: str | None, sets: list[str]):
         return isinstance(raw, dict) and isinstance(raw.get(section), dict) and key in raw[section]
     defaults = [f"{section}.{key}={value}" for (section, key), value in LEARN_DEFAULTS.items()
                 if not given(section, key)]
-    return load_config(path, defaults + list(sets), require=("model.name",))
+    cfg = load_config(path, defaults + list(sets), require=("model.name",))
+    check_suites(cfg.eval)  # the gate's evaluator would find an unknown evaluation only after a round's training
+    return cfg
 
 
 def _write_records(path: Path, records: list) -> None:

@@ -72,6 +72,7 @@ class AdamW(Method):
     summary = "full fine-tuning with torch AdamW (the baseline); layer-wise: one AdamW per parameter in backward"
     keys = ("embeddings", "layerwise", "layerwise_clipping")
     layerwise = True
+    reference = "full"  # the baseline (in its plain, not layer-wise, form: verdicts check that too)
 
     def check(self, train_cfg=None) -> None:
         super().check(train_cfg)

@@ -46,6 +46,10 @@ class Method:
     embeddings: ClassVar[tuple[str, ...]] = ("train", "freeze")  # method.embeddings values it supports
     layerwise: ClassVar[bool] = False            # can update inside backward (method.layerwise)
     adapter: ClassVar[bool] = False              # trains an adapter on a frozen base (saves the adapter only)
+    # The baseline role it plays in reports, so they pick reference runs by role, not by name: "full" = the
+    # full fine-tuning baseline (memory and speed are measured against it), "adapter" = the low-memory
+    # baseline; None = a method under test.
+    reference: ClassVar[str | None] = None
 
     def __init__(self, method_cfg):
         self.cfg = method_cfg

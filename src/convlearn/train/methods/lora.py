@@ -22,6 +22,7 @@ class LoRA(Method):
     keys = ("target_modules", "lora_rank", "lora_alpha", "lora_dropout", "save_merged")
     embeddings = ("train",)  # LoRA already freezes every base weight
     adapter = True
+    reference = "adapter"
 
     @property
     def rank(self) -> int:
