@@ -15,13 +15,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 def main(argv=None) -> None:
-    from data_throughput import generate
-
     from convlearn.config import load_config
     from convlearn.data.prepare import prepare
     from convlearn.eval.suites import RunEvaluator
     from convlearn.models import load_model, load_tokenizer, model_spec
     from convlearn.tiny import build_tiny_model
+    from data_throughput import generate
     ap = argparse.ArgumentParser()
     ap.add_argument("--conversations", type=int, default=1000)
     ap.add_argument("--arch", default="qwen2")
@@ -53,7 +52,8 @@ def main(argv=None) -> None:
         conv = record["evaluations"]["conversation_ppl"]
         print(f"suite {suite}: {total:.2f} s in all; per evaluation {record['seconds']}")
         print(f"  held-out: {conv['samples']:,} samples from {prepared.meta['data']['heldout']:,} conversations, "
-              f"{conv['all']['tokens']:,} target tokens ({conv['all']['tokens'] / record['seconds']['conversation_ppl']:,.0f}"
+              f"{conv['all']['tokens']:,} target tokens "
+              f"({conv['all']['tokens'] / record['seconds']['conversation_ppl']:,.0f}"
               f" tokens/s)")
 
 

@@ -27,8 +27,8 @@ import time
 
 import torch
 
-from convlearn.train.memory import LEVERS, STANDARD_METHODS
 from convlearn.precision import resolve_precision
+from convlearn.train.memory import LEVERS, STANDARD_METHODS
 
 # The memory table's methods and levers (APOLLO, an optional CC-BY-NC extra, is not carried to the GPU), plus
 # activation checkpointing and the chunked loss; galore8bit last: its library refreshes by full SVD (slow).
@@ -80,8 +80,7 @@ def build(shape: str, dtype, device: str, tiny: bool):
 def measure_method(label: str, overrides: list[str], args, dtype, batches) -> dict:
     from convlearn.config import load_config
     from convlearn.train.batches import token_losses
-    from convlearn.train.methods import count_memory
-    from convlearn.train.methods import build_method
+    from convlearn.train.methods import build_method, count_memory
     extra = ["train.activation_checkpointing=true"] if args.checkpointing else []
     cfg = load_config(None, overrides + extra + ["train.lr=1e-5", f"train.precision={args.precision}"])
     if args.device.startswith("cuda"):

@@ -28,10 +28,10 @@ import json
 from pathlib import Path
 
 from convlearn.models import REGISTRY, meta_model
+from convlearn.precision import resolve_precision
 from convlearn.train.memory import LEVERS, STANDARD_METHODS, method_config
 from convlearn.train.methods import count_memory
 from convlearn.train.params import galore_parameters
-from convlearn.precision import resolve_precision
 
 GB = 1e9
 LOSS_CHUNK = 1024  # train.loss_chunk_tokens measured beside checkpointing

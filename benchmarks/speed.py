@@ -31,8 +31,8 @@ import time
 import numpy as np
 import torch
 
-from convlearn.train.memory import STANDARD_METHODS
 from convlearn.precision import resolve_precision
+from convlearn.train.memory import STANDARD_METHODS
 
 SHAPE = dict(hidden_size=512, intermediate_size=2816, num_hidden_layers=6, num_attention_heads=8,
              num_key_value_heads=2, vocab_size=8192, max_position_embeddings=1024, tie_word_embeddings=True)
@@ -277,7 +277,8 @@ def render(res: dict, gaps: list[int]) -> str:
     if opt:
         lines += ["", "Optimizer step alone (clip + step on fixed gradients) and GaLore's matmul floor (projection "
                       "+ project-back at its rank, fused AdamW on the unprojected weights), timed in alternation:\n",
-                  "| method | optimizer step s | vs fused adamw's step | matmul floor s | step / floor (median of pairs, "
+                  "| method | optimizer step s | vs fused adamw's step | matmul floor s | "
+                  "step / floor (median of pairs, "
                   "range) |", "|---|---:|---:|---:|---:|"]
         a = opt["adamw"]["step_s"]
         for label, m in opt.items():

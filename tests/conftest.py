@@ -1,3 +1,5 @@
+"""Fixtures every test package shares: the four tiny twins, built once per session. Each package (data/, train/,
+eval/, experiments/, serve/, learn/, config/) keeps its own fixtures in its conftest.py."""
 import os
 import sys
 from pathlib import Path
@@ -8,9 +10,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent))  # the shared helpers (helpers.py, datafiles.py, ...) for every package
 
-ARCHS = ("qwen2", "llama", "gemma2", "phi3")
+from helpers import ARCHS  # noqa: E402 (needs the path above)
 
 
 @pytest.fixture(scope="session")
@@ -31,19 +33,3 @@ def tiny_models(tmp_path_factory, corpus):
 def tokenizers(tiny_models):
     from convlearn.models import load_tokenizer
     return {arch: load_tokenizer(str(path)) for arch, path in tiny_models.items()}
-
-
-@pytest.fixture
-def filled(tmp_path, tiny_models):
-    """A serve directory whose store holds 60 consented chatterbot conversations and 10 unconsented ones."""
-    from convlearn.store import Store, default_url
-    from learnstore import chats, talk
-    folder = tmp_path / "live"
-    store = Store(default_url(folder))
-    keys = {"sharing": store.add_key("sharing", consent_default=True), "private": store.add_key("private")}
-    for i, conv in enumerate(chats(60)):
-        talk(store, keys["sharing"], conv, f"s{i}")
-    for i, conv in enumerate(chats(10, skip=60)):
-        talk(store, keys["private"], conv, f"p{i}")
-    store.engine.dispose()
-    return folder, keys

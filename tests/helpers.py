@@ -15,6 +15,8 @@ from types import SimpleNamespace
 
 import yaml
 
+ARCHS = ("qwen2", "llama", "gemma2", "phi3")  # the tiny twins' architectures (conftest builds one of each)
+
 
 def run_config(path: Path, model: Path | str, cache: Path, **sections) -> Path:
     """Write a run config for a tiny twin on the chatterbot corpus; `sections` are merged over the defaults
@@ -91,3 +93,11 @@ def kill_after_steps(proc: subprocess.Popen, out: Path, steps: int, timeout: flo
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     return len(path.read_text().splitlines())
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a server a test starts)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

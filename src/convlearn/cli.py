@@ -7,8 +7,8 @@ Each command imports what it needs when it runs (torch, transformers, lm-eval ta
 from __future__ import annotations
 
 import argparse
-import logging
 import json
+import logging
 import sys
 from pathlib import Path
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -16,6 +16,9 @@ from transformers.utils import logging as hf_logging
 
 from .errors import UserError
 from .precision import Precision, resolve_precision
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 # Linear layers that GaLore and LoRA target by default (all attention and MLP projections).
 _LLAMA_LIKE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -158,7 +161,7 @@ def load_model(name: str, *, revision: str | None = None, precision: Precision |
     return model.to(prec.device)
 
 
-def load_from_config(model_cfg, weights: str | None = None, precision: Precision | None = None):
+def load_from_config(model_cfg: ModelConfig, weights: str | None = None, precision: Precision | None = None):
     """The one loader: the model a `ModelConfig` names, or `weights` (a checkpoint or trained folder of the same
     architecture) loaded with that section's device, attention and trust settings, in `precision` (see
     `load_model`)."""

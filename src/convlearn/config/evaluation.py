@@ -103,7 +103,8 @@ class EvalConfig:
          BenchmarkConfig("truthfulqa_mc2"), BenchmarkConfig("gsm8k")],
         "lm-evaluation-harness benchmarks of the `benchmarks` evaluation.")
     lm_eval_batch_size: int = opt(8, "lm-eval batch size.", ge=1)
-    lm_eval_max_length: Optional[int] = opt(None, "lm-eval context length; null = the model's own (max_position_embeddings).", ge=16)
+    lm_eval_max_length: Optional[int] = opt(
+        None, "lm-eval context length; null = the model's own (max_position_embeddings).", ge=16)
     apply_chat_template: bool = opt(False, "lm-eval: wrap prompts in the model's chat template.")
     fewshot_as_multiturn: bool = opt(False, "lm-eval: few-shot examples as chat turns (needs the template).")
     mmlu_quick_per_subject: int = opt(10, "MMLU quick-eval: questions per subject (fixed, seeded subset).", ge=1)

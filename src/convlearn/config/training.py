@@ -7,6 +7,7 @@ from ..errors import ConfigError
 from .data import SourceConfig
 from .schema import opt, section
 
+
 @section
 class MethodConfig:
     # A string, not a Literal: the methods are the modules of convlearn/train/methods/ (one file each), which

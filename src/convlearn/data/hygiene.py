@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from .records import Conversation, Document, Skip
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
 
 _LANGUAGE_CODES = {
     "english": "en", "spanish": "es", "portuguese": "pt", "french": "fr", "german": "de", "chinese": "zh",
@@ -37,7 +41,7 @@ def detect_language(text: str) -> str | None:
 class RecordFilter:
     """Language, moderation and length filters plus exact dedup, configured from a DataConfig."""
 
-    def __init__(self, data_cfg) -> None:
+    def __init__(self, data_cfg: DataConfig) -> None:
         self.languages = {language_code(x) for x in data_cfg.languages}
         self.keep_unknown_language = data_cfg.keep_unknown_language
         self.drop_flagged = data_cfg.drop_flagged

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from ..config import dump_config
+from ..config import RunConfig, dump_config
 from ..config.schema import to_dict
 from ..errors import UserError
 from .records import Conversation, DataStats
@@ -60,7 +60,7 @@ class PreparedData:
             return [Conversation.from_dict(json.loads(line)) for line in fh]
 
 
-def renderer_for(cfg, tokenizer, spec=None) -> ChatRenderer:
+def renderer_for(cfg: RunConfig, tokenizer, spec=None) -> ChatRenderer:
     """The renderer a run config asks for, with the model family's pinned template variables."""
     facts = spec.facts if spec is not None else None
     kwargs = {**(facts.template_kwargs if facts else {}), **cfg.render.template_kwargs}
@@ -83,7 +83,7 @@ def _source_fingerprint(src) -> dict:
     return {"dataset": src.path}
 
 
-def cache_key(cfg, renderer: ChatRenderer) -> str:
+def cache_key(cfg: RunConfig, renderer: ChatRenderer) -> str:
     data = to_dict(cfg.data)
     data.pop("cache_dir")
     tok = renderer.tok
@@ -136,7 +136,7 @@ def _row(s: Sample) -> dict:
     return {f.name: getattr(s, f.name) for f in fields(s)}  # no deep copy (dataclasses.asdict copies)
 
 
-def prepare(cfg, tokenizer, spec=None, *, progress: bool = True, batch_size: int = 512) -> PreparedData:
+def prepare(cfg: RunConfig, tokenizer, spec=None, *, progress: bool = True, batch_size: int = 512) -> PreparedData:
     """Prepare (or load from cache) the train and held-out samples of a run config."""
     renderer = renderer_for(cfg, tokenizer, spec)
     key = cache_key(cfg, renderer)
@@ -222,7 +222,7 @@ def _remove_stale_temps(cache_dir: Path) -> None:
             continue
 
 
-def _with_loss(prepared: PreparedData, cfg) -> PreparedData:
+def _with_loss(prepared: PreparedData, cfg: RunConfig) -> PreparedData:
     """The cache serves both loss modes; the figures of the configured one are added on the way out."""
     mask = "all" if cfg.render.loss == "all" else "assistant"
     prepared.meta = {**prepared.meta, "loss": cfg.render.loss,
@@ -234,7 +234,7 @@ def _with_loss(prepared: PreparedData, cfg) -> PreparedData:
 class _Topics:
     """The fitted topic labeler of a data config (cached), and labels cached by conversation id."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: RunConfig):
         t = cfg.data.topics
         material = {"sources": [_source_fingerprint(s) for s in cfg.data.sources], "k": t.k, "model": t.model,
                     "fit_samples": t.fit_samples, "seed": cfg.seed, "version": CACHE_VERSION}

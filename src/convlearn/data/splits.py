@@ -9,8 +9,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .records import Conversation, Document
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 # Share of an original-distribution text source kept for evaluation when replay draws from the same source.
 ORIGINAL_HELDOUT = 0.1
@@ -30,7 +34,7 @@ def is_heldout(key: str, fraction: float) -> bool:
     return h / 2**64 < fraction
 
 
-def replay_shares_eval_source(cfg) -> bool:
+def replay_shares_eval_source(cfg: RunConfig) -> bool:
     """Replay and the original-distribution evaluation read the same text: split it so they never overlap."""
     a, b = cfg.replay.original, cfg.eval.original
     if a is None or b is None or a.path != b.path:
@@ -39,7 +43,7 @@ def replay_shares_eval_source(cfg) -> bool:
     return local or (a.subset, a.split) == (b.subset, b.split)  # split/subset only name parts of hub datasets
 
 
-def replay_data_config(cfg):
+def replay_data_config(cfg: RunConfig):
     """The DataConfig replay prepares its original-distribution text with: every document of the source, less
     the share the evaluation scores when both read the same text (that share lands on the held-out side)."""
     heldout = ORIGINAL_HELDOUT if replay_shares_eval_source(cfg) else 0.0
@@ -47,7 +51,7 @@ def replay_data_config(cfg):
                                heldout_fraction=heldout)
 
 
-def original_eval_documents(cfg, docs: list[Document]) -> list[Document]:
+def original_eval_documents(cfg: RunConfig, docs: list[Document]) -> list[Document]:
     """The original-distribution documents the evaluation scores: all of them, or, when replay reads the same
     text, only the held-out share replay never draws (at any replay ratio, so runs stay comparable)."""
     if not replay_shares_eval_source(cfg):

@@ -6,12 +6,16 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .hygiene import RecordFilter, detect_language, language_code, scrub
-from .splits import is_heldout, split_key
 from .readers import is_chatterbot_path, peek, read_rows
 from .records import Conversation, DataStats, Document, Skip
 from .sources import adapt, count_placeholders, detect_format
+from .splits import is_heldout, split_key
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
 
 
 def source_name(path: str) -> str:
@@ -39,7 +43,7 @@ class RecordSteps:
     filters (language, moderation, length, dedup: one RecordFilter, so dedup spans every source it sees), the
     source's placeholders counted, the scrubber. A record that fails a step raises Skip with the reason."""
 
-    def __init__(self, data_cfg, stats: DataStats, detect_missing_language: bool = False):
+    def __init__(self, data_cfg: DataConfig, stats: DataStats, detect_missing_language: bool = False):
         self.max_chars, self.do_scrub, self.stats = data_cfg.max_message_chars, data_cfg.scrub, stats
         self.filter = RecordFilter(data_cfg)
         self.detect = detect_missing_language
@@ -103,7 +107,7 @@ def read_source(src, stats: DataStats, steps: RecordSteps | None = None) -> Iter
         yield item
 
 
-def iter_records(data_cfg, stats: DataStats) -> Iterator[Keyed]:
+def iter_records(data_cfg: DataConfig, stats: DataStats) -> Iterator[Keyed]:
     """All sources of a DataConfig, filtered (dedup across sources), each record with its held-out side.
     Stops once `max_conversations` training records were kept (held-out ones do not count)."""
     steps = RecordSteps(data_cfg, stats)

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import socket
 import threading
 import time
 from pathlib import Path
 
-from ..config import SourceConfig, load_config
+from ..config import RunConfig, SourceConfig, load_config
 from ..data.docstring_cloze import write_docstring_cloze
 from ..data.probes import make_probes
 from ..data.records import DataStats
@@ -181,8 +180,9 @@ def run_live(out: str | Path, quick: bool = False) -> dict:
     return report
 
 
-def _report(out, cfg, store, shared, private, canaries, rounds, talks, quick) -> dict:
+def _report(out, cfg: RunConfig, store, shared, private, canaries, rounds, talks, quick) -> dict:
     import torch
+
     from ..data.prepare import renderer_for
     from ..eval.probes import probe_figures
     from ..models import load_from_config, load_tokenizer, resolve_device
@@ -238,7 +238,7 @@ def _cost(r: dict) -> str:
             f"{sec.get('since_oldest_conversation', '–')} s from its oldest conversation to the decision.")
 
 
-def _bounds(cfg) -> str:
+def _bounds(cfg: RunConfig) -> str:
     g = cfg.learn.gate
     return (f"held-out conversation perplexity at most {100 * g.conversation_ppl_tolerance:+.0f}%, original-text "
             f"perplexity at most {100 * g.original_ppl_increase:+.0f}%, retention drop under {g.retention_points:g} "

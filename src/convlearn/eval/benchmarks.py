@@ -14,6 +14,7 @@ import math
 import random
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
@@ -23,6 +24,9 @@ TASK_YAML = {"hellaswag": "hellaswag/hellaswag.yaml", "arc_challenge": "arc/arc_
              "truthfulqa_mc2": "truthfulqa/truthfulqa_mc2.yaml", "gsm8k": "gsm8k/gsm8k.yaml"}
 HEADLINE_METRIC = {"mmlu": "acc,none", "hellaswag": "acc_norm,none", "arc_challenge": "acc_norm,none",
                    "truthfulqa_mc2": "acc,none", "gsm8k": "exact_match,strict-match"}
+
+if TYPE_CHECKING:
+    from ..config import EvalConfig
 SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
 
 
@@ -125,7 +129,7 @@ def mmlu_tasks(data_dir: str | Path, work: Path, per_subject: int | None = None,
 class Benchmarks:
     """Runs benchmarks on one in-memory model; the HFLM wrapper is built once and reused across suites."""
 
-    def __init__(self, eval_cfg, work_dir: Path):
+    def __init__(self, eval_cfg: EvalConfig, work_dir: Path):
         self.cfg = eval_cfg
         self.max_length = eval_cfg.lm_eval_max_length
         self.work = Path(work_dir)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .records import PERPLEXITIES, EvalRecord, load_evals
+
+if TYPE_CHECKING:
+    from ..config import EvalConfig
 
 Reader = Callable[[EvalRecord], float | None]
 
@@ -31,7 +35,7 @@ def _attr(obj, name: str):
     return getattr(obj, name) if obj is not None else None
 
 
-def analyze(records: list[EvalRecord], eval_cfg, phases: list[dict] | None = None) -> dict:
+def analyze(records: list[EvalRecord], eval_cfg: EvalConfig, phases: list[dict] | None = None) -> dict:
     records = [r if isinstance(r, EvalRecord) else EvalRecord.from_json(r) for r in records]
     if not records or records[0].step != 0:
         return {"skipped": "no step-0 evaluation to compare with"}
@@ -82,7 +86,7 @@ def backward_transfer(records: list[EvalRecord], phases: list[dict]) -> dict:
     return {"bwt_loss": sum(terms.values()) / len(terms) if terms else None, "per_domain": terms}
 
 
-def write_analysis(run_dir: Path, eval_cfg, phases: list[dict] | None = None) -> dict:
+def write_analysis(run_dir: Path, eval_cfg: EvalConfig, phases: list[dict] | None = None) -> dict:
     result = analyze(load_evals(run_dir), eval_cfg, phases)
     (Path(run_dir) / "forgetting.json").write_text(json.dumps(result, indent=2))
     return result

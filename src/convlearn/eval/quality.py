@@ -10,8 +10,12 @@ import random
 import re
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .generation import continuation_logprobs, greedy_answers
+
+if TYPE_CHECKING:
+    from ..config import EvalConfig
 
 
 def rouge_l(answers: list[str], references: list[str]) -> list[float]:
@@ -20,7 +24,7 @@ def rouge_l(answers: list[str], references: list[str]) -> list[float]:
     return [scorer.score(r, a)["rougeL"].fmeasure for a, r in zip(answers, references)]
 
 
-def response_quality(model, tokenizer, pairs: list[dict], eval_cfg, evals_dir: Path, step: int) -> dict:
+def response_quality(model, tokenizer, pairs: list[dict], eval_cfg: EvalConfig, evals_dir: Path, step: int) -> dict:
     prompts = [p["prompt"] for p in pairs]
     refs = [p["reference"] for p in pairs]
     answers = greedy_answers(model, tokenizer, prompts, eval_cfg.max_new_tokens, eval_cfg.batch_size)

@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from huggingface_hub import constants
@@ -24,8 +25,11 @@ from .benchmarks import Benchmarks
 from .evaluations import EvalContext, check_suites, evaluation_for
 from .records import EvalRecord
 
+if TYPE_CHECKING:
+    from ..config import EvalConfig, RunConfig
 
-def schedule_for(eval_cfg, max_steps: int) -> dict[int, str]:
+
+def schedule_for(eval_cfg: EvalConfig, max_steps: int) -> dict[int, str]:
     """step -> suite: the configured schedule within the run, the periodic suite every `every` steps, plus the
     final suite at the last step. Where two fall on one step both run (`a+b`: the union of their evaluations),
     so a scheduled entry never leaves a gap in a periodic series."""
@@ -41,7 +45,7 @@ def schedule_for(eval_cfg, max_steps: int) -> dict[int, str]:
     return {step: "+".join(suites) for step, suites in sorted(plan.items())}
 
 
-def suite_items(eval_cfg, suite: str) -> list[str]:
+def suite_items(eval_cfg: EvalConfig, suite: str) -> list[str]:
     """The evaluations of a suite name, or of `a+b` (their union, in order)."""
     return list(dict.fromkeys(item for name in suite.split("+") for item in eval_cfg.suites[name]))
 
@@ -61,7 +65,7 @@ class RunEvaluator:
     keeps what does not depend on the model (held-out samples, answer pairs, original text, lm-eval tasks)
     across calls; each call hands its evaluations an `EvalContext`."""
 
-    def __init__(self, cfg, tokenizer, spec, out_dir: Path, *, samples=None,
+    def __init__(self, cfg: RunConfig, tokenizer, spec, out_dir: Path, *, samples=None,
                  conversations: Callable[[], list[Conversation]] | None = None, suites: set[str] | None = None):
         """`samples`: the tokenized samples the perplexity evaluations score (a datasets.Dataset; at most
         eval.heldout_samples of them), `conversations`: the conversations the quality prompts come from; both
@@ -83,7 +87,7 @@ class RunEvaluator:
         self._check_offline(suites)
 
     @classmethod
-    def for_run(cls, cfg, tokenizer, spec, prepared, out_dir: Path, suites: set[str] | None = None
+    def for_run(cls, cfg: RunConfig, tokenizer, spec, prepared, out_dir: Path, suites: set[str] | None = None
                 ) -> "RunEvaluator":
         """The evaluator of a run: its prepared data's held-out side."""
         return cls(cfg, tokenizer, spec, out_dir, samples=prepared.dataset("heldout"),
@@ -164,7 +168,7 @@ class ScheduledEvaluator:
     """The training loop's evaluator: the suite scheduled at a step (the final suite at the run's last step when
     none is scheduled there) on the live model; returns the headline scalars for telemetry."""
 
-    def __init__(self, evaluator: RunEvaluator, eval_cfg, max_steps: int):
+    def __init__(self, evaluator: RunEvaluator, eval_cfg: EvalConfig, max_steps: int):
         self.evaluator = evaluator
         self.schedule = schedule_for(eval_cfg, max_steps)
         self.final_suite = eval_cfg.final_suite

@@ -8,17 +8,24 @@ from pathlib import Path
 
 import torch
 
-from ..config import load_config
+from ..config import ModelConfig, load_config
 from ..data.prepare import prepare
 from ..errors import UserError
 from ..eval.evaluations import check_suites
 from ..eval.forgetting import write_analysis
 from ..eval.suites import RunEvaluator, headline
 from ..models import load_from_config, load_tokenizer, model_spec, resolve_device
-from ..train.checkpoint import (MODEL_DIR, checkpoint_path, complete_checkpoints, damage, is_complete, step_of,
-                                usable_checkpoint)
-from ..train.methods import method_for
 from ..precision import Precision, resolve_precision
+from ..train.checkpoint import (
+    MODEL_DIR,
+    checkpoint_path,
+    complete_checkpoints,
+    damage,
+    is_complete,
+    step_of,
+    usable_checkpoint,
+)
+from ..train.methods import method_for
 
 
 def _checkpoint(run_dir: Path, step: int | None) -> Path:
@@ -73,6 +80,6 @@ def evaluate(target: str, suite: str = "full", step: int | None = None, config: 
     return result
 
 
-def _load_weights(model_cfg, prec: Precision, name_or_path: str):
+def _load_weights(model_cfg: ModelConfig, prec: Precision, name_or_path: str):
     return load_from_config(model_cfg, weights=None if name_or_path == model_cfg.name else name_or_path,
                             precision=prec)

@@ -19,14 +19,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..config import dump_config, load_config
+from ..config import RunConfig, dump_config, load_config
 from ..errors import UserError
 from ..eval.records import EvalRecord, load_evals
 from ..models import load_from_config, load_tokenizer, model_spec, resolve_device
+from ..precision import resolve_precision
 from ..train import model_folder
 from ..train.checkpoint import MODEL_DIR, checkpoint_path, complete_checkpoints, damage, step_of, usable_checkpoint
 from ..train.methods import method_for
-from ..precision import resolve_precision
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 TRAINING_ONLY = {"trainer_state.pt", "COMPLETE"}
@@ -84,7 +84,7 @@ def export(run: str | Path, out: str | Path, step: int | None = None, best: str 
             "adapter": adapter and not merge, "dtype": dtype or "as trained"}
 
 
-def _pick(run_dir: Path, step: int | None, best: str | None, evals: dict[int, EvalRecord], cfg) -> Path:
+def _pick(run_dir: Path, step: int | None, best: str | None, evals: dict[int, EvalRecord], cfg: RunConfig) -> Path:
     if step is not None:
         ckpt = checkpoint_path(run_dir, step)
         if ckpt not in complete_checkpoints(run_dir):
@@ -126,7 +126,7 @@ def best_checkpoint(run_dir: Path, metric: str, evals: dict[int, EvalRecord], cr
     return min(scored, key=lambda t: t[0])[1]
 
 
-def model_card(run_dir: Path, cfg, method, step: int, evals: dict[int, EvalRecord], adapter: bool,
+def model_card(run_dir: Path, cfg: RunConfig, method, step: int, evals: dict[int, EvalRecord], adapter: bool,
                base: str | None) -> str:
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     data = summary.get("data", {})
@@ -149,7 +149,8 @@ def model_card(run_dir: Path, cfg, method, step: int, evals: dict[int, EvalRecor
     record, first = evals.get(step), evals.get(0)
     if record is not None:
         now, then = record.headline(), first.headline() if first else {}
-        lines += [f"## Evaluation at step {step}", "", "| figure | at this step | step 0 | change |", "|---|---:|---:|---:|"]
+        lines += [f"## Evaluation at step {step}", "", "| figure | at this step | step 0 | change |",
+                  "|---|---:|---:|---:|"]
         for key, value in now.items():
             before = then.get(key)
             change = f"{value - before:+.4g}" if before is not None else "–"

@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-from ..config import load_config
+from ..config import RunConfig, load_config
 from ..errors import UserError
 from ..eval import stats
 from ..eval.records import EvalRecord, load_evals
@@ -21,7 +21,7 @@ def point_name(run: str) -> str:
     return re.sub(r"-s\d+$", "", run)
 
 
-def _clipping(cfg) -> str:
+def _clipping(cfg: RunConfig) -> str:
     if cfg.train.max_grad_norm is None:
         return "none"
     if cfg.method.layerwise and cfg.method.layerwise_clipping == "per_tensor":

@@ -18,7 +18,8 @@ from .verdicts import CRITERIA, criteria_labels, success_criteria
 LEARNING = ["method_label", "lr", "clipping", "replay_ratio", "conversations", "steps",
             "conversation_ppl_step0", "conversation_ppl_final", "conversation_ppl_change",
             "conversation_ppl_change_low", "conversation_ppl_change_high", "conversation_ppl_all_change",
-            "probe_verbatim_final", "probe_heldout_final", "probe_mc_verbatim_final", "probe_mc_step0", "probe_mc_final",
+            "probe_verbatim_final", "probe_heldout_final", "probe_mc_verbatim_final", "probe_mc_step0",
+            "probe_mc_final",
             "adaptation_adapted", "adaptation_median_steps"]
 FORGETTING = ["original_ppl_step0", "original_ppl_final", "original_ppl_change", "retention_benchmark",
               "retention_step0", "retention_final", "retention_delta_points", "retention_delta_low",

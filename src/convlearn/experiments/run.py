@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..eval.adaptation import write_adaptation
 from ..eval.evaluations import check_suites
@@ -17,8 +18,12 @@ from ..train.build import build_trainer, set_up_run
 from ..train.checkpoint import link_final
 from ..train.summary import RunSummary
 
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
-def run_training(cfg, out: str | Path | None = None, max_steps: int | None = None, resume: bool = False) -> RunSummary:
+
+def run_training(cfg: RunConfig, out: str | Path | None = None, max_steps: int | None = None,
+                 resume: bool = False) -> RunSummary:
     check_suites(cfg.eval)  # an unknown evaluation in eval.suites: exit 2 before the data is prepared
     setup = set_up_run(cfg, Path(out or cfg.output_dir), resume)
     try:

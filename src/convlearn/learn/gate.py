@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import SourceConfig
+from ..config import RunConfig, SourceConfig
 from ..data.prepare import prepare
 from ..eval.records import EvalRecord
 from ..eval.stats import accuracy_change, ppl_change
@@ -32,7 +32,7 @@ from .records import Check, GateDecision, Status, TrainingOutcome, Unit
 CONVERSATIONS = ["conversation_ppl"]
 
 
-def gate_config(cfg, heldout_file: Path | None):
+def gate_config(cfg: RunConfig, heldout_file: Path | None):
     e = cfg.eval
     fixed = [name for name, on in (("original_ppl", e.original is not None), ("benchmarks", bool(e.benchmarks)),
                                    ("probes", bool(e.probes))) if on]  # what is off is recorded as not measured
@@ -48,7 +48,7 @@ class Gate:
     """Scores versions on the round's held-out store conversations (never trained on: all of the prepared file is
     the evaluated side) and on the fixed evaluations, under the run's one precision policy."""
 
-    def __init__(self, cfg, tokenizer, spec, heldout_file: Path | None, work: Path, cache: Path):
+    def __init__(self, cfg: RunConfig, tokenizer, spec, heldout_file: Path | None, work: Path, cache: Path):
         self.cfg, self.work, self.cache = cfg, Path(work), Path(cache)
         self.precision = resolve_precision(cfg.train.precision, resolve_device(cfg.model.device))
         gcfg = gate_config(cfg, heldout_file)
@@ -89,8 +89,8 @@ class Gate:
         return decide(self.cfg, before, after, training, origin=origin, origin_id=(base or current).id)
 
 
-def decide(cfg, before: EvalRecord, after: EvalRecord, training: TrainingOutcome, origin: EvalRecord | None = None,
-           origin_id: str = "the current version") -> GateDecision:
+def decide(cfg: RunConfig, before: EvalRecord, after: EvalRecord, training: TrainingOutcome,
+           origin: EvalRecord | None = None, origin_id: str = "the current version") -> GateDecision:
     """Every check with its figure, interval and bound. Learning and probes are compared with `before` (the
     version serving now); forgetting (original text, retention) with `origin` (the base version; `before` when
     absent), so the bounds hold for the sum of all rounds."""

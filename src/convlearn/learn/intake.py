@@ -13,6 +13,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..data.normalize import make_conversation
 from ..data.records import Conversation, DataStats, Skip
@@ -20,6 +21,9 @@ from ..data.splits import is_heldout
 from ..data.stream import RecordSteps
 from ..errors import UserError
 from .records import IntakeCounts
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 # Why the learner set a conversation aside (beside the offline pipeline's SKIP_REASONS).
 DROP_REASONS = {
@@ -59,7 +63,7 @@ class StoreRecords:
     """Store rows -> records through the per-record steps. A store conversation carries no language: it is
     detected from its user text, so `data.languages` applies to it as to sources that label theirs."""
 
-    def __init__(self, cfg, stats: DataStats | None = None):
+    def __init__(self, cfg: RunConfig, stats: DataStats | None = None):
         self.cfg = cfg
         self.stats = stats if stats is not None else DataStats()
         self.steps = RecordSteps(cfg.data, self.stats, detect_missing_language=True)
@@ -82,7 +86,7 @@ class StoreRecords:
         return self.steps(rec)
 
 
-def read_round(store, cfg, after: int, upto: int, seed: int) -> Intake:
+def read_round(store, cfg: RunConfig, after: int, upto: int, seed: int) -> Intake:
     """The round's training records from the consented conversations with messages in (after, upto]."""
     learn = cfg.learn
     intake = Intake(after, upto)
@@ -124,7 +128,7 @@ def _guard(conv: dict, learn, patterns: list[re.Pattern], per_key: Counter, floo
     return "near_duplicate_flood" if flooded else None
 
 
-def heldout_records(store, cfg, upto: int) -> list[Conversation]:
+def heldout_records(store, cfg: RunConfig, upto: int) -> list[Conversation]:
     """The gate's slice: the most recent held-out consented conversations (whole, scrubbed, filtered)."""
     records = StoreRecords(cfg)
     convs = [c for c in store.consented_messages(0, upto) if is_heldout(c["id"], cfg.learn.gate_fraction)]
@@ -139,7 +143,7 @@ def heldout_records(store, cfg, upto: int) -> list[Conversation]:
     return out
 
 
-def reservoir_records(store, cfg, ranges: list[tuple[int, int]], n: int, seed: int, new: list[Conversation]
+def reservoir_records(store, cfg: RunConfig, ranges: list[tuple[int, int]], n: int, seed: int, new: list[Conversation]
                       ) -> list[Conversation]:
     """`n` past conversations the current version's lineage learned from (whole; sampled with the round's
     seed), replayed against forgetting what earlier rounds taught. Deleted or withdrawn ones are gone; one that

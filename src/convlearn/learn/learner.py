@@ -22,7 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ..config import SourceConfig, dump_config
+from ..config import RunConfig, SourceConfig, dump_config
 from ..errors import UserError
 from ..eval.evaluations import check_suites
 from ..models import load_tokenizer, model_spec
@@ -69,7 +69,7 @@ def _write_records(path: Path, records: list) -> None:
 
 
 class Learner:
-    def __init__(self, cfg, store: Store | None = None):
+    def __init__(self, cfg: RunConfig, store: Store | None = None):
         self.learn = cfg.learn
         self.dir = ServeDir(Path(self.learn.dir))
         # rounds and the gate share one data cache, in the serve directory
@@ -292,7 +292,7 @@ def versions_table(store: Store) -> str:
     return "\n".join(lines) + "\n(* current)"
 
 
-def learn(cfg, once: bool = False, rounds: int | None = None) -> int:
+def learn(cfg: RunConfig, once: bool = False, rounds: int | None = None) -> int:
     learner = Learner(cfg)
     learner.dir.learn_config.write_text(dump_config(cfg))
     done = learner.run(rounds=rounds, once=once)

@@ -22,8 +22,8 @@ import torch
 from transformers import AutoTokenizer, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from ..models import FAMILIES, load_model, resolve_device
-from ..store import Version
 from ..precision import resolve_precision
+from ..store import Version
 
 log = logging.getLogger("convlearn.serve")
 

@@ -17,6 +17,7 @@ from ..store.versions import ensure_base
 from .api import Limits, create_app
 from .engine import ModelHolder, TransformersEngine
 
+
 def default_dir(target: str) -> Path:
     """A learner or run directory serves from itself; a model from ./convlearn-live."""
     path = Path(target)

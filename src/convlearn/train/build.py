@@ -11,18 +11,18 @@ from pathlib import Path
 
 import torch
 
-from ..config import dump_config
+from ..config import RunConfig, dump_config
 from ..data.prepare import PreparedData, prepare
 from ..data.splits import replay_data_config
 from ..errors import UserError
 from ..models import ModelSpec, load_from_config, load_tokenizer, model_spec, resolve_device
+from ..precision import Precision, resolve_precision
 from .batches import BatchStream
 from .checkpoint import MODEL_DIR, Checkpointer, latest_checkpoint, load_trainer_state, usable_checkpoint
 from .distributed import Dist
 from .loop import Evaluator, Trainer
 from .methods import Method, Trainable, method_for
 from .model_folder import keep_base
-from ..precision import Precision, resolve_precision
 from .replay import ReplayMixer
 from .telemetry import Telemetry
 
@@ -42,7 +42,7 @@ class RunSetup:
     checkpoint: Path | None  # the checkpoint to resume from
 
 
-def set_up_run(cfg, out: Path, resume: bool = False) -> RunSetup:
+def set_up_run(cfg: RunConfig, out: Path, resume: bool = False) -> RunSetup:
     """Check the run can start, write its resolved config, load the tokenizer and prepare (or find) the data."""
     out = Path(out)
     method = method_for(cfg.method, cfg.train)  # unknown method or unsupported option: exit 2 before any work

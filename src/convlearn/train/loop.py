@@ -15,19 +15,22 @@ import warnings
 from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from tqdm import tqdm
 
+from ..precision import Precision
 from .batches import BatchStream, token_losses
 from .checkpoint import MODEL_DIR, Checkpointer, load_trainer_state, set_rng_state
 from .distributed import Dist
 from .galore import state_bytes
 from .methods import Trainable
-from ..precision import Precision
 from .summary import RunSummary
 from .telemetry import ActivationMeter, Telemetry, cuda_peak_bytes, tensor_bytes
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 class Evaluator(Protocol):
@@ -61,7 +64,7 @@ def lr_factor(step: int, t) -> float:
 
 
 class Trainer:
-    def __init__(self, train_cfg, trainable: Trainable, stream: BatchStream, *, out: Path,
+    def __init__(self, train_cfg: TrainConfig, trainable: Trainable, stream: BatchStream, *, out: Path,
                  checkpointer: Checkpointer, telemetry: Telemetry, dist: Dist, device: str, precision: Precision,
                  evaluator: Evaluator | None = None, max_steps: int | None = None, resume: dict | None = None,
                  resume_from: Path | None = None, progress: bool = True):

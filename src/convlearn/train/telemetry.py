@@ -7,10 +7,14 @@ import os
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 
 def tensor_bytes(tensors) -> int:
@@ -18,7 +22,7 @@ def tensor_bytes(tensors) -> int:
 
 
 class Telemetry:
-    def __init__(self, out: Path, cfg, enabled: bool = True, resume_step: int | None = None):
+    def __init__(self, out: Path, cfg: RunConfig, enabled: bool = True, resume_step: int | None = None):
         self.out = Path(out)
         self.enabled = enabled
         self.tb = self.wandb = None
@@ -105,7 +109,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _plain(cfg):
+def _plain(cfg: RunConfig):
     return asdict(cfg)
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import TYPE_CHECKING
 
 from ...errors import ConfigError
 from .base import EvalContext, Evaluation
+
+if TYPE_CHECKING:
+    from ...config import EvalConfig
 
 _REGISTRY: dict[str, type[Evaluation]] = {}
 
@@ -28,7 +32,7 @@ def evaluation_for(name: str) -> Evaluation:
     return _REGISTRY[name]()
 
 
-def check_suites(eval_cfg, path: str = "eval") -> None:
+def check_suites(eval_cfg: EvalConfig, path: str = "eval") -> None:
     """ConfigError naming `eval.suites.<name>` for an item that is not a registered evaluation. config/ cannot
     see this registry (eval imports config, not the other way), so whatever builds an evaluator, or starts a run
     that will, calls this before any work."""

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import TYPE_CHECKING
 
 from ...errors import ConfigError
 from .base import Method, Trainable
+
+if TYPE_CHECKING:
+    from ...config import MethodConfig, RunConfig, TrainConfig
 
 _REGISTRY: dict[str, type[Method]] = {}
 
@@ -27,7 +31,7 @@ def method_classes() -> list[type[Method]]:
     return list(_REGISTRY.values())
 
 
-def method_for(method_cfg, train_cfg=None) -> Method:
+def method_for(method_cfg: MethodConfig, train_cfg: TrainConfig | None = None) -> Method:
     """The method a `method` config section names, with its keys (and, given the `train` section, their
     combinations with it) checked: ConfigError names the key."""
     cls = _REGISTRY.get(method_cfg.name)
@@ -38,13 +42,13 @@ def method_for(method_cfg, train_cfg=None) -> Method:
     return method
 
 
-def build_method(model, cfg, spec, device: str, seed: int = 0) -> Trainable:
+def build_method(model, cfg: RunConfig, spec, device: str, seed: int = 0) -> Trainable:
     """The trainable of a run config's method on `model` (targets: the config's, else the model family's)."""
     targets = cfg.method.target_modules or list(spec.facts.target_modules)
     return method_for(cfg.method, cfg.train).build(model, cfg.train, targets, device, seed)
 
 
-def count_memory(model, method_cfg, targets, precision: str = "fp32"):
+def count_memory(model, method_cfg: MethodConfig, targets, precision: str = "fp32"):
     """Weights, gradients at peak and optimizer state of the method a config section names, in bytes, on
     `model` built in the weight dtype of `precision` (precision.py)."""
     return method_for(method_cfg).count_memory(model, targets, precision)
@@ -62,4 +66,5 @@ for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["Method", "Trainable", "build_method", "count_memory", "method_classes", "method_for", "method_names", "methods_docs", "register"]
+__all__ = ["Method", "Trainable", "build_method", "count_memory", "method_classes", "method_for", "method_names",
+           "methods_docs", "register"]

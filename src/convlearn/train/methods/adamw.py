@@ -3,17 +3,21 @@ PyTorch's optimizer-in-backward pattern (one AdamW per parameter, stepped in its
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
 from ...errors import ConfigError
+from ...precision import resolve_precision
 from ..galore import GaLoreAdamW
 from ..layerwise import LayerwiseUpdater
 from ..memory import MemoryCount, adam_state, layerwise_grad_peak, nbytes, weight_bytes
 from ..params import embedding_weights, freeze_embeddings
-from ...precision import resolve_precision
 from . import register
 from .base import Method, Trainable, adam_kwargs
+
+if TYPE_CHECKING:
+    from ...config import TrainConfig
 
 
 class _States(Mapping):
@@ -74,14 +78,14 @@ class AdamW(Method):
     layerwise = True
     reference = "full"  # the baseline (in its plain, not layer-wise, form: verdicts check that too)
 
-    def check(self, train_cfg=None) -> None:
+    def check(self, train_cfg: TrainConfig | None = None) -> None:
         super().check(train_cfg)
         if self.cfg.layerwise and self.cfg.layerwise_clipping == "global":
             raise ConfigError("method.layerwise_clipping", "layer-wise adamw can only clip per tensor (a global "
                                                             "norm would need every full gradient kept, which is "
                                                             "what layer-wise mode avoids): set per_tensor")
 
-    def build(self, model, train_cfg, targets, device, seed=0) -> Trainable:
+    def build(self, model, train_cfg: TrainConfig, targets, device, seed=0) -> Trainable:
         if self.cfg.embeddings == "freeze":
             freeze_embeddings(model)
         params = [p for p in model.parameters() if p.requires_grad]

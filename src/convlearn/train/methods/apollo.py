@@ -1,11 +1,16 @@
 """APOLLO and APOLLO-Mini through the optional apollo-torch package (CC-BY-NC: never a required dependency)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ...errors import UserError
 from ..memory import MemoryCount, lowrank_shapes, nbytes, weight_bytes
 from ..params import embedding_weights, freeze_embeddings, galore_parameters
 from . import register
 from .base import Method, Trainable, adam_kwargs
+
+if TYPE_CHECKING:
+    from ...config import TrainConfig
 
 
 def _apollo_optimizer():
@@ -27,7 +32,7 @@ class Apollo(Method):
     def rank(self) -> int:
         return 1 if self.mini else self.cfg.rank
 
-    def build(self, model, train_cfg, targets, device, seed=0) -> Trainable:
+    def build(self, model, train_cfg: TrainConfig, targets, device, seed=0) -> Trainable:
         opt_cls = _apollo_optimizer()
         if opt_cls is None:
             raise UserError(f"method.name={self.name} needs the optional apollo-torch package, which is licensed "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from safetensors.torch import load_file
@@ -18,6 +18,9 @@ from ...errors import ConfigError
 from ..layerwise import LayerwiseUpdater
 from ..memory import MemoryCount
 from ..params import freeze_embeddings
+
+if TYPE_CHECKING:
+    from ...config import MethodConfig, TrainConfig
 
 
 @dataclass
@@ -51,11 +54,11 @@ class Method:
     # baseline; None = a method under test.
     reference: ClassVar[str | None] = None
 
-    def __init__(self, method_cfg):
+    def __init__(self, method_cfg: MethodConfig):
         self.cfg = method_cfg
 
     # -- config ------------------------------------------------------------------------------------------
-    def check(self, train_cfg=None) -> None:
+    def check(self, train_cfg: TrainConfig | None = None) -> None:
         """Raise ConfigError (naming the key) for settings this method cannot honour; with the `train` section,
         also for combinations with it."""
         m = self.cfg
@@ -81,7 +84,7 @@ class Method:
         return " ".join(parts)
 
     # -- training ----------------------------------------------------------------------------------------
-    def build(self, model: torch.nn.Module, train_cfg, targets: list[str], device: str, seed: int = 0
+    def build(self, model: torch.nn.Module, train_cfg: TrainConfig, targets: list[str], device: str, seed: int = 0
               ) -> Trainable:
         raise NotImplementedError
 
@@ -129,6 +132,6 @@ class Method:
         raise NotImplementedError
 
 
-def adam_kwargs(train_cfg) -> dict:
+def adam_kwargs(train_cfg: TrainConfig) -> dict:
     return dict(lr=train_cfg.lr, betas=tuple(train_cfg.betas), eps=train_cfg.eps,
                 weight_decay=train_cfg.weight_decay)

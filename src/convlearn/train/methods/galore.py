@@ -3,16 +3,28 @@ projection of the gradient; optionally layer-wise (each weight updated in its ow
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from ...errors import ConfigError, UserError
+from ...precision import resolve_precision
 from ..galore import GaLoreAdamW
 from ..layerwise import LayerwiseUpdater
-from ..memory import (STEP_BYTES, MemoryCount, adam_state, deferred_grad_peak, layerwise_grad_peak, lowrank_shapes,
-                      nbytes, weight_bytes)
+from ..memory import (
+    STEP_BYTES,
+    MemoryCount,
+    adam_state,
+    deferred_grad_peak,
+    layerwise_grad_peak,
+    lowrank_shapes,
+    nbytes,
+    weight_bytes,
+)
 from ..params import embedding_weights, freeze_embeddings, full_rank_targets, galore_parameters
-from ...precision import resolve_precision
 from . import register
 from .base import Method, Trainable, adam_kwargs
+
+if TYPE_CHECKING:
+    from ...config import TrainConfig
 
 
 @register
@@ -28,7 +40,7 @@ class GaLore(Method):
     def rank(self) -> int:
         return self.cfg.rank
 
-    def check(self, train_cfg=None) -> None:
+    def check(self, train_cfg: TrainConfig | None = None) -> None:
         super().check(train_cfg)
         m = self.cfg
         if train_cfg is not None and m.layerwise and m.layerwise_clipping == "global" and train_cfg.grad_accum > 1 \
@@ -37,7 +49,7 @@ class GaLore(Method):
                               "gradient between projector refreshes, so its global norm cannot clip: use full, "
                               "or method.layerwise_clipping=per_tensor, or train.max_grad_norm=null")
 
-    def build(self, model, train_cfg, targets, device, seed=0) -> Trainable:
+    def build(self, model, train_cfg: TrainConfig, targets, device, seed=0) -> Trainable:
         m = self.cfg
         if m.embeddings == "freeze":
             freeze_embeddings(model)

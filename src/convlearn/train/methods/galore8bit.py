@@ -1,11 +1,16 @@
 """GaLore with bitsandbytes' 8-bit blockwise Adam (galore_torch.GaLoreAdamW8bit, the reference): CUDA only."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ...errors import UserError
 from ..memory import MemoryCount, bnb_state, lowrank_shapes, nbytes, weight_bytes
 from ..params import embedding_weights, freeze_embeddings, galore_parameters
 from . import register
 from .base import Method, Trainable, adam_kwargs
+
+if TYPE_CHECKING:
+    from ...config import TrainConfig
 
 
 @register
@@ -19,7 +24,7 @@ class GaLore8bit(Method):
     def rank(self) -> int:
         return self.cfg.rank
 
-    def build(self, model, train_cfg, targets, device, seed=0) -> Trainable:
+    def build(self, model, train_cfg: TrainConfig, targets, device, seed=0) -> Trainable:
         if device != "cuda":
             raise UserError("method.name=galore8bit needs a CUDA GPU: bitsandbytes' 8-bit optimizer kernels "
                             "do not run on CPU (use method.name=galore on CPU)")

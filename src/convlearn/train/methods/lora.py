@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file
@@ -11,6 +12,9 @@ from ..model_folder import base_of
 from ..params import lora_adapter_shapes
 from . import register
 from .base import Method, Trainable, adam_kwargs
+
+if TYPE_CHECKING:
+    from ...config import TrainConfig
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
@@ -28,7 +32,7 @@ class LoRA(Method):
     def rank(self) -> int:
         return self.cfg.lora_rank
 
-    def build(self, model, train_cfg, targets, device, seed=0) -> Trainable:
+    def build(self, model, train_cfg: TrainConfig, targets, device, seed=0) -> Trainable:
         from peft import LoraConfig, get_peft_model  # heavy (~6 s): only when a LoRA run is built
         m = self.cfg
         lora = LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,

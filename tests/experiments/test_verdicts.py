@@ -7,8 +7,7 @@ from convlearn.config import load_config
 from convlearn.eval import stats
 from convlearn.eval.adaptation import adaptation
 from convlearn.eval.records import EvalRecord
-from convlearn.experiments.verdicts import (online_hypothesis, optimizers_hypothesis, replay_hypothesis,
-                                            success_criteria)
+from convlearn.experiments.verdicts import online_hypothesis, optimizers_hypothesis, replay_hypothesis, success_criteria
 from convlearn.train.methods import method_classes
 
 CRITERIA = load_config(None).eval.criteria

@@ -6,7 +6,7 @@ from convlearn.config import load_config
 from convlearn.experiments.sweep import PACKAGED
 from convlearn.train.methods import method_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # run configs (sweep files are checked in test_experiments.py)
 CONFIGS = sorted([*(ROOT / "configs").glob("*.yaml"), *(ROOT / "configs" / "tiny").glob("*.yaml"),
                   PACKAGED / "tiny" / "base.yaml"])

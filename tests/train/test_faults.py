@@ -157,8 +157,8 @@ def test_empty_data_names_its_sources_and_their_skips(tmp_path, tiny_models):
 def test_galore_rank_not_below_a_side_trains_that_matrix_full_rank(tmp_path, tiny_models):
     from convlearn.config import load_config
     from convlearn.models import load_model, model_spec
-    from convlearn.train.methods import build_method
     from convlearn.train.galore import state_bytes
+    from convlearn.train.methods import build_method
     cfg = load_config(None, ["method.name=galore", "method.rank=128"])  # the twins' hidden size is 128
     model = load_model(str(tiny_models["qwen2"]))
     tr = build_method(model, cfg, model_spec(str(tiny_models["qwen2"])), "cpu")

@@ -64,8 +64,9 @@ def test_prepare_caches_by_data_tokenizer_and_rendering(tmp_path, tiny_models):
     assistant = json.loads(cli("data", "prepare", str(cfg), *base, "--set", "render.loss=assistant").stdout)
     assert assistant["key"] == meta["key"] and assistant["train_loss_tokens"] == meta["train_assistant_tokens"]
 
-    from convlearn.data.prepare import PreparedData
     from pathlib import Path
+
+    from convlearn.data.prepare import PreparedData
     prepared = PreparedData(Path(meta["path"]), meta)
     train, held = prepared.dataset("train"), prepared.dataset("heldout")
     assert len(train) == meta["train_rows"] and len(held) == meta["heldout_rows"]

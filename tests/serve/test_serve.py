@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,12 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from convlearn.serve.api import Limits
 from convlearn.serve.server import start_in_thread
 from convlearn.store import Store, Version, default_url
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import free_port
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +111,8 @@ def test_bad_requests_are_clear_400s_and_store_nothing(live):
         b'{"messages": [{"role": "user", "content": "caf\xe9"}]}': "not UTF-8",
         json.dumps({"messages": []}).encode(): "messages: must be a non-empty list",
         json.dumps({"messages": [{"role": "user", "content": "  "}]}).encode(): "messages[0].content",
-        json.dumps({"messages": hello(), "max_tokens": 100000}).encode(): "max_tokens: must be an integer from 1 to 256",
+        json.dumps({"messages": hello(), "max_tokens": 100000}).encode():
+            "max_tokens: must be an integer from 1 to 256",
         json.dumps({"messages": hello(), "temperature": 9}).encode(): "temperature",
         json.dumps({"messages": [{"role": "assistant", "content": "hi"}]}).encode(): "last message must be the user",
     }

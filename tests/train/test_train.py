@@ -159,7 +159,8 @@ def test_unavailable_methods_and_bad_runs_exit_2(base):
     root, cfg = base
     for sets, needle in [(["method.name=galore8bit"], "needs a CUDA GPU"),
                          (["method.name=apollo_mini"], "CC-BY-NC"),
-                         (["method.name=lora", "method.layerwise=true"], "method.layerwise: is an option of galore and adamw"),
+                         (["method.name=lora", "method.layerwise=true"],
+                          "method.layerwise: is an option of galore and adamw"),
                          (["train.lr=-1"], "train.lr: must be > 0")]:
         res = train(cfg, root / "never", *sets, fresh=False)
         assert res.returncode == 2, (sets, res.stderr[-2000:])
@@ -243,7 +244,7 @@ def test_ddp_two_processes_match_one_process(base):
 def test_shipped_tiny_configs_run(base, tiny_models, name):
     from pathlib import Path
     root, _ = base
-    shipped = Path(__file__).resolve().parents[1] / "configs" / "tiny" / f"{name}.yaml"
+    shipped = Path(__file__).resolve().parents[2] / "configs" / "tiny" / f"{name}.yaml"
     res = train(shipped, root / f"shipped-{name}", f"model.name={tiny_models['qwen2']}",
                 f"data.cache_dir={root / 'cache'}", "logging.progress=false", "--max-steps=3", fresh=False)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -282,6 +283,7 @@ def test_every_checkpoint_is_a_self_contained_model_folder(runs, tokenizers, met
 def test_a_tokenizer_that_differs_is_caught(runs, tokenizers, tmp_path):
     """The vocabulary check above can fail: a folder saved with another tokenizer does not pass it."""
     import shutil
+
     from transformers import AutoTokenizer
     other = tmp_path / "other"
     shutil.copytree(runs["adamw"] / "checkpoints" / "step-00000016" / "model", other)
@@ -291,6 +293,7 @@ def test_a_tokenizer_that_differs_is_caught(runs, tokenizers, tmp_path):
 
 def test_export_writes_a_clean_folder_with_a_model_card(runs, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from helpers import cli_here
     res = cli_here("export", runs["adamw"], "--out", tmp_path / "adamw", "--dtype", "bf16")
     assert res.returncode == 0, res.stderr
@@ -321,6 +324,7 @@ def test_export_writes_a_clean_folder_with_a_model_card(runs, tmp_path):
 
 def test_export_refuses_a_damaged_checkpoint(runs, tmp_path):
     import shutil
+
     from helpers import cli_here
     run = tmp_path / "run"
     shutil.copytree(runs["galore"], run, symlinks=True)

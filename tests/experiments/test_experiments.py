@@ -9,7 +9,7 @@ from convlearn.errors import ConfigError
 from convlearn.experiments.sweep import PACKAGED, load_sweep, run_sweep
 from helpers import run_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_base(tmp_path, tiny_models):
@@ -112,8 +112,8 @@ runs: [{name: adamw, set: [method.name=adamw]}, {name: galore-r8, set: [method.n
 
 
 def test_online_stream_trains_each_conversation_once_in_arrival_order(tmp_path, tiny_models):
-    from convlearn.experiments.run import run_training
     from convlearn.config import load_config
+    from convlearn.experiments.run import run_training
     base = write_base(tmp_path, tiny_models)
     cfg = load_config(base, ["train.order=by_domain", "train.single_pass=true", "train.max_steps=100000",
                              "train.batch_size=2", "data.max_conversations=200", "eval.every=10",
@@ -150,8 +150,8 @@ def test_topic_labeler_finds_themes_and_names_them(tmp_path):
     lab = TopicLabeler(3, seed=0)
     labels = lab.fit(texts)
     clusters = {}
-    for t, l in zip(truth, labels):
-        clusters.setdefault(l, []).append(t)
+    for t, label in zip(truth, labels):
+        clusters.setdefault(label, []).append(t)
     purity = sum(max(v.count(t) for t in set(v)) for v in clusters.values()) / len(texts)
     assert len(clusters) == 3 and purity >= 10 / 12, clusters  # clusters follow the themes
     code_cluster = max(clusters, key=lambda c: clusters[c].count("code"))

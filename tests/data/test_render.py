@@ -1,10 +1,10 @@
 """Rendering with each family's chat template: exact masks, windows, token splits, packing, pairs."""
 import pytest
 
-from conftest import ARCHS
 from convlearn.data.records import Conversation, Message
 from convlearn.data.render import ChatRenderer, pack
 from convlearn.models import FAMILIES
+from helpers import ARCHS
 
 CLOSER = {"qwen2": "<|im_end|>", "llama": "<|eot_id|>", "gemma2": "<end_of_turn>", "phi3": "<|end|>"}
 

@@ -5,9 +5,9 @@ import torch
 
 from convlearn.config import load_config
 from convlearn.models import load_model, model_spec
+from convlearn.precision import resolve_precision, stochastic_round_
 from convlearn.train.batches import token_losses
 from convlearn.train.methods import build_method
-from convlearn.precision import resolve_precision, stochastic_round_
 
 METHODS = {"adamw": ["method.name=adamw"],
            "galore": ["method.name=galore", "method.rank=32"],

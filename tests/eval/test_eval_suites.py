@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import cli_here as cli, run_config
 from convlearn.config import load_config
 from convlearn.data.prepare import prepare
 from convlearn.eval.forgetting import analyze
 from convlearn.eval.perplexity import figures, grouped_figures, sample_losses
 from convlearn.eval.suites import RunEvaluator
 from convlearn.models import load_model, model_spec
-
-
+from helpers import cli_here as cli
+from helpers import run_config
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import torch
 
 from convlearn.config import load_config
 from convlearn.store import Store, Version, default_url
-from helpers import cli_here, kill_after_steps, metrics
+from helpers import cli_here, free_port, kill_after_steps, metrics
 from learnstore import learn_config
 
 
@@ -115,7 +115,6 @@ def test_the_server_hot_swaps_under_load_without_a_failed_request(tmp_path, tiny
     with one version from its first chunk to its last, and that version is stored with its turn."""
     from convlearn.serve.api import Limits
     from convlearn.serve.server import start_in_thread
-    from test_serve import free_port
     folder = tmp_path / "live"
     server = start_in_thread(str(tiny_models["qwen2"]), free_port(), folder=folder, device="cpu", poll_s=0.1,
                              limits=Limits(concurrency=2, queue=16, queue_timeout_s=60, max_tokens=64))

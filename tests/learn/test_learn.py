@@ -224,8 +224,9 @@ def test_a_damaging_round_is_rejected_and_kept_for_inspection(tmp_path, tiny_mod
 def test_a_round_whose_loss_goes_non_finite_is_rejected(tmp_path, tiny_models, filled):
     """The served version's weights hold a NaN (a broken upload, a bad merge): every step of the round's loss is
     non-finite, so the round is rejected for its training and nothing is promoted."""
-    from convlearn.learn.learner import Learner
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from convlearn.learn.learner import Learner
     folder, _ = filled
     broken = tmp_path / "broken"
     model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen2"], dtype=torch.float32)
@@ -244,10 +245,11 @@ def test_a_round_whose_loss_goes_non_finite_is_rejected(tmp_path, tiny_models, f
 # -- canaries -------------------------------------------------------------------------------------------------
 def test_canary_exposure_tells_a_memorised_secret_from_chance(tmp_path, tiny_models, tokenizers):
     """A canary trained on until memorised has near-maximal exposure; never-seen ones stay under the bound."""
+    from transformers import AutoModelForCausalLM
+
     from convlearn.data.prepare import renderer_for
     from convlearn.learn.canary import Canary, exposures, prompt_renderer
     from convlearn.learn.intake import StoreRecords
-    from transformers import AutoModelForCausalLM
     cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], tmp_path / "live"))
     tok = tokenizers["qwen2"]
     renderer = renderer_for(cfg, tok)

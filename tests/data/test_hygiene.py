@@ -3,9 +3,9 @@ from collections import Counter
 import pytest
 
 from convlearn.data.hygiene import language_code, scrub_text
-from convlearn.data.splits import is_heldout
 from convlearn.data.normalize import html_to_text, normalize_messages
 from convlearn.data.records import Skip
+from convlearn.data.splits import is_heldout
 
 
 @pytest.mark.parametrize("text,expected,kinds", [

@@ -34,9 +34,9 @@ def plain_evaluation(run, step: int, out):
     from convlearn.data.prepare import prepare
     from convlearn.eval.suites import RunEvaluator
     from convlearn.models import load_from_config, load_tokenizer, model_spec
+    from convlearn.precision import resolve_precision
     from convlearn.train.checkpoint import MODEL_DIR, checkpoint_path
     from convlearn.train.methods import method_for
-    from convlearn.precision import resolve_precision
     cfg = load_config(run / "config.yaml")
     prec = resolve_precision(cfg.train.precision, "cpu")
     tok, spec = load_tokenizer(cfg.model.name), model_spec(cfg.model.name)
@@ -124,7 +124,7 @@ def test_the_gate_scores_a_checkpoint_as_the_loop_does(base, tmp_path, case):
     assert train(cfg, run, f"train.precision={precision}", *sets, fresh=False).returncode == 0
     folder = tmp_path / "exported"
     assert cli_here("export", run, "--step", STEPS, "--out", folder).returncode == 0
-    rcfg = load_config(run / "config.yaml")
+    rcfg = load_config(run / "config.yaml", ["eval.original=null", "eval.benchmarks=[]"])  # conversations only
     tok, spec = load_tokenizer(rcfg.model.name), model_spec(rcfg.model.name)
     heldout = tmp_path / "heldout.jsonl"  # the run's held-out conversations, as a round writes the gate's
     heldout.write_text("".join(json.dumps(c.to_dict()) + "\n"

@@ -7,7 +7,7 @@ import pytest
 from convlearn.config import config_docs, dump_config, load_config
 from convlearn.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args, cwd=None):

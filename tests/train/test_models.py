@@ -5,10 +5,10 @@ import sys
 import pytest
 import torch
 
-from conftest import ARCHS
 from convlearn.models import REGISTRY, load_model, load_tokenizer, model_spec
-from convlearn.tiny import build_tiny_model
 from convlearn.precision import resolve_precision
+from convlearn.tiny import build_tiny_model
+from helpers import ARCHS
 
 
 def test_registry_holds_the_seed_models():

@@ -58,8 +58,9 @@ def test_all_five_benchmarks_run_offline_on_the_live_model(bench, tiny_models, t
 
 
 def test_mmlu_quick_is_a_seeded_stratified_subset_with_stderr(bench, tiny_models, tokenizers, tmp_path):
-    from convlearn.models import load_model
     from peft import LoraConfig, get_peft_model
+
+    from convlearn.models import load_model
     model = get_peft_model(load_model(str(tiny_models["qwen2"])),
                            LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     cfg = eval_cfg(bench)
@@ -72,6 +73,7 @@ def test_mmlu_quick_is_a_seeded_stratified_subset_with_stderr(bench, tiny_models
 
 def test_offline_without_a_local_copy_names_the_key(tiny_models, tokenizers, tmp_path, monkeypatch):
     from huggingface_hub import constants
+
     from convlearn.data.prepare import prepare
     from convlearn.eval.suites import RunEvaluator
     from convlearn.models import model_spec
