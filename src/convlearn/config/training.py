@@ -28,7 +28,7 @@ class MethodConfig:
     refresh: Literal["svd", "randomized", "warm", "random"] = opt(
         "warm", "How a projector is refreshed. warm (the default) = randomized SVD started from the previous "
                 "projector (one power iteration): it captures >= 99.5% of what a full SVD captures of a "
-                "drifted gradient (tests/test_galore.py) at a fraction of the cost (all projectors of "
+                "drifted gradient (tests/train/test_galore.py) at a fraction of the cost (all projectors of "
                 "Qwen2.5-1.5B on an H200: 1.0 s vs 16.2 s for full SVDs, which would cost 81 ms a step at gap "
                 "200); the first refresh of a weight is a plain randomized SVD. svd = full SVD of the gradient "
                 "(GaLore's reference); randomized = randomized low-rank SVD; random = a random orthonormal "

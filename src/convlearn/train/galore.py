@@ -4,7 +4,7 @@ Our own implementation, not galore_torch's, because the reference (1) keeps its 
 the optimizer state, so checkpoints cannot be loaded with `torch.load(weights_only=True)` and HF Trainer cannot
 resume a GaLore run; (2) crashes or silently zeroes when an SVD fails; (3) only refreshes with a full SVD; and
 (4) offers no per-parameter update for layer-wise training with gradient accumulation. The update rule is the
-reference's (tests/test_galore.py checks parity with galore_torch.GaLoreAdamW across projector refreshes):
+reference's (tests/train/test_galore.py checks parity with galore_torch.GaLoreAdamW across projector refreshes):
 
     R = P^T G  (or G P^T)        project the gradient (P refreshed every update_proj_gap steps from G)
     M, V <- Adam moments of R    bias-corrected step size lr * sqrt(1 - b2^t) / (1 - b1^t)

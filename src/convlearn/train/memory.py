@@ -3,7 +3,7 @@
 Counted from parameter shapes and dtypes alone, so a model of the real architecture on the meta device
 (`models.meta_model`) is counted with no download and no allocation. Each method counts itself by the rules its
 optimizer allocates with (`Method.count_memory` in train/methods/; `methods.count_memory` picks the method);
-this module holds the shared rules and the rows of the memory and speed tables. tests/test_memory.py checks
+this module holds the shared rules and the rows of the memory and speed tables. tests/train/test_memory.py checks
 every count against the tensors a real training step allocates.
 
 Counts follow `train.precision` (precision.py): the model is built in the weight dtype (float32 for fp32 and
@@ -119,7 +119,7 @@ def deferred_grad_peak(model: torch.nn.Module, trainable: list[torch.Tensor], pr
     the others are kept until the step, and one projected full gradient exists at a time inside its hook. The
     input embedding's gradient arrives last (an untied one that is kept is not there yet while the projected
     weights' hooks run). An upper bound: the largest projected gradient is counted on top of everything else
-    kept by then, while its hook may come before some of the others' (autograd's order); tests/test_memory.py
+    kept by then, while its hook may come before some of the others' (autograd's order); tests/train/test_memory.py
     bounds the gap."""
     proj = {id(p) for p in projected}
     kept = sum(nbytes(p) for p in trainable if id(p) not in proj) + lowrank_bytes
