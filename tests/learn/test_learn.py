@@ -181,7 +181,8 @@ def test_a_configured_check_that_comes_out_not_measured_blocks_promotion(tmp_pat
     base = _record(conv, conv, [int(rng.random() < 0.47) for _ in range(400)], [1] * 24)
     cand = EvalRecord.from_json({"step": 1, "evaluations": {
         **base.evaluations, "conversation_ppl": {"per_sample": {
-            "ids": [f"s{i}" for i in range(40)], "nats_assistant": [n - 1 for n in conv], "tokens_assistant": [10] * 40}},
+            "ids": [f"s{i}" for i in range(40)], "nats_assistant": [n - 1 for n in conv],
+            "tokens_assistant": [10] * 40}},
         "benchmarks": {"mmlu": {"score": 0.27, "chance": 0.25}}}})
     configured = load_config(learn_config(tmp_path, tiny_models["qwen2"], tmp_path / "live", eval={
         "benchmarks": [{"name": "mmlu", "data_dir": str(tmp_path)}], "probes": str(tmp_path / "p.jsonl")}))
@@ -245,27 +246,34 @@ def test_the_reservoir_replays_only_conversations_that_were_trained_on(tmp_path,
     store = Store(default_url(folder))
     sharing = keys["sharing"]
     (tmp_path / "block.txt").write_text("forbidden\n")
-    dropped = {talk(store, sharing, [(f"Please discuss the forbidden subject number {i}", "No.")], f"b{i}")
-               for i in range(4)}
-    for i in range(4):
-        dropped.add(talk(store, sharing, [(f"Tell me a joke about compilers, variant {i}", "No.")], f"d{i}"))
+    words = ["parsers", "linkers", "debuggers", "assemblers"]
+    dropped = {talk(store, sharing, [(f"Please discuss the forbidden subject of {w}", "No.")], f"b{i}")
+               for i, w in enumerate(words)}
+    for i, w in enumerate(words):
+        dropped.add(talk(store, sharing, [(f"Tell me a joke about {w}, a good one", "No.")], f"d{i}"))
         store.add_feedback(store.key_for(sharing), f"d{i}-0", -1, None)
     cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], folder, learn={
-        "blocklist": str(tmp_path / "block.txt"), "reservoir_ratio": 100.0, "gate": {"require_heldout": False}},
+        "blocklist": str(tmp_path / "block.txt"), "reservoir_ratio": 100.0, "per_key_cap": 1000,
+        "gate": {"require_heldout": False}},
         train={"max_steps": 4}, eval={"original": None}))
     learner = Learner(cfg, store=store)
     first = learner.round()
     assert first.status == "promoted", first.gate.reasons
-    assert first.intake.dropped == {"downvoted": 4, "moderation": 4}
+    from convlearn.data.splits import is_heldout
+    dropped = {c for c in dropped if not is_heldout(c, cfg.learn.gate_fraction)}  # the gate's slice is not read
+    assert first.intake.dropped["downvoted"] + first.intake.dropped["moderation"] == len(dropped) >= 6
     trained = set(RoundPlan.load(folder / "rounds" / "r0001" / "plan.json").trained)
     assert trained and not trained & dropped
-    talk(store, store.add_key("late", consent_default=True), chats(1, skip=80)[0], "late")
+    late = store.add_key("late", consent_default=True)
+    for i, conv in enumerate(chats(6, skip=80)):
+        talk(store, late, conv, f"late{i}")
     second = learner.round()
-    replayed = set(RoundPlan.load(folder / "rounds" / "r0002" / "plan.json").trained) - trained
-    assert second.reservoir == len(trained) and len(replayed) <= 1  # all of round 1, plus the new one
+    plan = RoundPlan.load(folder / "rounds" / "r0002" / "plan.json")
+    assert second.reservoir > 0 and plan.train_rows > 0
+    replayed = set(plan.trained[plan.train_rows:])
+    assert len(replayed) == second.reservoir and replayed <= trained and not replayed & dropped
     lines = (folder / "rounds" / "r0002" / "data" / "train.jsonl").read_text().splitlines()
-    assert {json.loads(x)["id"] for x in lines} - {c for c in trained} <= replayed and not dropped & {
-        json.loads(x)["id"] for x in lines}
+    assert not dropped & {json.loads(x)["id"] for x in lines}
 
 
 # -- rounds ---------------------------------------------------------------------------------------------------
