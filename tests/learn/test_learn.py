@@ -123,7 +123,8 @@ def test_the_gate_bounds_forgetting_against_the_base_and_can_fail_each_check(tmp
     from convlearn.learn.gate import decide
     from convlearn.learn.records import Status, TrainingOutcome
     cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], tmp_path / "live", learn={"gate": {
-        "original_ppl_increase": 0.05, "retention_points": 3.0}}))
+        "original_ppl_increase": 0.05, "retention_points": 3.0}},
+        eval={"benchmarks": [{"name": "mmlu", "data_dir": str(tmp_path)}], "probes": str(tmp_path / "p.jsonl")}))
     rng = random.Random(0)
     conv = [20 + rng.random() for _ in range(40)]
     orig = [30 + rng.random() for _ in range(40)]
@@ -150,14 +151,129 @@ def test_the_gate_bounds_forgetting_against_the_base_and_can_fail_each_check(tmp
     three = decide(cfg, base, _record(conv, orig, drop3, probes), ok).checks["retention"]
     assert three.status == Status.FAIL and three.value == pytest.approx(3.0)
     assert three.low <= three.value <= three.high  # the interval is the drop's, as the value is
+    # forgetting is judged on the interval's pessimistic end: 2 points (8 of 400 lost) passes on its point
+    # estimate but not on the interval's upper end; 1 point (4 lost) passes on both
     drop2 = list(mmlu)
     for i in [i for i, c in enumerate(mmlu) if c][:8]:
         drop2[i] = 0
-    assert decide(cfg, base, _record(conv, orig, drop2, probes), ok).checks["retention"].status == Status.PASS
+    two = decide(cfg, base, _record(conv, orig, drop2, probes), ok).checks["retention"]
+    assert two.status == Status.FAIL and two.value == pytest.approx(2.0) and two.judged == two.high > 3.0
+    drop1 = list(mmlu)
+    for i in [i for i, c in enumerate(mmlu) if c][:4]:
+        drop1[i] = 0
+    assert decide(cfg, base, _record(conv, orig, drop1, probes), ok).checks["retention"].status == Status.PASS
     worse = decide(cfg, base, _record([n + 0.5 for n in conv], orig, mmlu, [0] * 24), ok)
     assert worse.checks["learning"].status == Status.FAIL and worse.checks["probes"].status == Status.FAIL
     nan = TrainingOutcome(steps_planned=5, resumed=False, non_finite="3 steps with a non-finite loss")
     assert decide(cfg, base, base, nan).promote is False
+
+
+def test_a_configured_check_that_comes_out_not_measured_blocks_promotion(tmp_path, tiny_models):
+    """The audit's case: MMLU configured, but the candidate's record holds only a score (no per-question
+    results): 27% against v0's 47% used to be 'not measured' and promoted. Not measured is now a reason to keep
+    the serving version; an unconfigured check stays not measured and does not block."""
+    from convlearn.eval.records import EvalRecord
+    from convlearn.learn.gate import decide
+    from convlearn.learn.records import Status, TrainingOutcome
+    ok = TrainingOutcome(steps_planned=5, resumed=False, steps=5, final_loss=1.0)
+    rng = random.Random(1)
+    conv = [20 + rng.random() for _ in range(40)]
+    base = _record(conv, conv, [int(rng.random() < 0.47) for _ in range(400)], [1] * 24)
+    cand = EvalRecord.from_json({"step": 1, "evaluations": {
+        **base.evaluations, "conversation_ppl": {"per_sample": {
+            "ids": [f"s{i}" for i in range(40)], "nats_assistant": [n - 1 for n in conv],
+            "tokens_assistant": [10] * 40}},
+        "benchmarks": {"mmlu": {"score": 0.27, "chance": 0.25}}}})
+    configured = load_config(learn_config(tmp_path, tiny_models["qwen2"], tmp_path / "live", eval={
+        "benchmarks": [{"name": "mmlu", "data_dir": str(tmp_path)}], "probes": str(tmp_path / "p.jsonl")}))
+    decision = decide(configured, base, cand, ok)
+    retention = decision.checks["retention"]
+    assert retention.status == Status.NOT_MEASURED and retention.blocking and not decision.promote
+    assert decision.reasons == ["retention: not measured: no paired per-question results of mmlu for both models"]
+    assert decision.checks["learning"].status == Status.PASS
+    unconfigured = load_config(learn_config(tmp_path, tiny_models["qwen2"], tmp_path / "live"))
+    off = decide(unconfigured, base, cand, ok)
+    assert off.promote and not off.checks["retention"].blocking and off.checks["probes"].status == Status.PASS
+
+
+def test_probes_are_bounded_against_the_base_so_small_drops_cannot_add_up(tmp_path, tiny_models):
+    """The parent already lost 6 points of probes against v0; the candidate keeps the parent's answers: no change
+    against its parent, a 6-point drop against v0, which the gate now sees."""
+    from convlearn.learn.gate import decide
+    from convlearn.learn.records import Status, TrainingOutcome
+    cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], tmp_path / "live",
+                                   eval={"probes": str(tmp_path / "p.jsonl")}))
+    ok = TrainingOutcome(steps_planned=5, resumed=False, steps=5, final_loss=1.0)
+    conv = [20.0 + i / 40 for i in range(40)]
+    base = _record(conv, conv, [1, 0] * 50, [1] * 100)
+    parent = _record(conv, conv, [1, 0] * 50, [0] * 6 + [1] * 94)
+    cand = _record([n - 1 for n in conv], conv, [1, 0] * 50, [0] * 6 + [1] * 94)
+    assert decide(cfg, parent, cand, ok).checks["probes"].status == Status.PASS  # against the parent only
+    probes = decide(cfg, parent, cand, ok, origin=base, origin_id="v0").checks["probes"]
+    assert probes.status == Status.FAIL and probes.value == pytest.approx(6.0) and "vs v0" in probes.what
+
+
+def test_the_gate_cache_is_keyed_by_the_evaluation_settings(tmp_path, tiny_models, tokenizers):
+    """A changed benchmark limit must not pair a cached list of one length with a fresh one of another."""
+    from convlearn.learn.gate import Gate
+    from convlearn.models import model_spec
+    keys = set()
+    for limit in (10, 20):
+        cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], tmp_path / "live", eval={
+            "benchmarks": [{"name": "hellaswag", "limit": limit, "data_dir": str(tmp_path)}]}))
+        gate = Gate(cfg, tokenizers["qwen2"], model_spec(str(tiny_models["qwen2"])), None, tmp_path / "g",
+                    tmp_path / "gc")
+        keys.add(gate.cache_key())
+    assert len(keys) == 2
+
+
+def test_the_gate_fraction_of_a_store_cannot_change(tmp_path, tiny_models, filled):
+    from convlearn.errors import UserError
+    from convlearn.learn.learner import Learner
+    folder, _ = filled
+    Learner(load_config(learn_config(tmp_path, tiny_models["qwen2"], folder, learn={"gate_fraction": 0.2})))
+    Learner(load_config(learn_config(tmp_path, tiny_models["qwen2"], folder, learn={"gate_fraction": 0.2})))
+    with pytest.raises(UserError, match="learn.gate_fraction: this store's rounds hold out 0.2 .* not 0.3"):
+        Learner(load_config(learn_config(tmp_path, tiny_models["qwen2"], folder, learn={"gate_fraction": 0.3})))
+
+
+def test_the_reservoir_replays_only_conversations_that_were_trained_on(tmp_path, tiny_models, filled):
+    """Round 1 drops blocklisted, downvoted and flooding conversations; round 2's reservoir samples from what
+    round 1 trained on only: none of the dropped ones comes back."""
+    from convlearn.learn.learner import Learner
+    from convlearn.learn.records import RoundPlan
+    folder, keys = filled
+    store = Store(default_url(folder))
+    sharing = keys["sharing"]
+    (tmp_path / "block.txt").write_text("forbidden\n")
+    words = ["parsers", "linkers", "debuggers", "assemblers"]
+    dropped = {talk(store, sharing, [(f"Please discuss the forbidden subject of {w}", "No.")], f"b{i}")
+               for i, w in enumerate(words)}
+    for i, w in enumerate(words):
+        dropped.add(talk(store, sharing, [(f"Tell me a joke about {w}, a good one", "No.")], f"d{i}"))
+        store.add_feedback(store.key_for(sharing), f"d{i}-0", -1, None)
+    cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], folder, learn={
+        "blocklist": str(tmp_path / "block.txt"), "reservoir_ratio": 100.0, "per_key_cap": 1000,
+        "gate": {"require_heldout": False}},
+        train={"max_steps": 4}, eval={"original": None}))
+    learner = Learner(cfg, store=store)
+    first = learner.round()
+    assert first.status == "promoted", first.gate.reasons
+    from convlearn.data.splits import is_heldout
+    dropped = {c for c in dropped if not is_heldout(c, cfg.learn.gate_fraction)}  # the gate's slice is not read
+    assert first.intake.dropped["downvoted"] + first.intake.dropped["moderation"] == len(dropped) >= 6
+    trained = set(RoundPlan.load(folder / "rounds" / "r0001" / "plan.json").trained)
+    assert trained and not trained & dropped
+    late = store.add_key("late", consent_default=True)
+    for i, conv in enumerate(chats(6, skip=80)):
+        talk(store, late, conv, f"late{i}")
+    second = learner.round()
+    plan = RoundPlan.load(folder / "rounds" / "r0002" / "plan.json")
+    assert second.reservoir > 0 and plan.train_rows > 0
+    replayed = set(plan.trained[plan.train_rows:])
+    assert len(replayed) == second.reservoir and replayed <= trained and not replayed & dropped
+    lines = (folder / "rounds" / "r0002" / "data" / "train.jsonl").read_text().splitlines()
+    assert not dropped & {json.loads(x)["id"] for x in lines}
 
 
 # -- rounds ---------------------------------------------------------------------------------------------------

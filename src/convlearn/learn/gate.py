@@ -4,15 +4,20 @@ bounded in total, not per round); promoted only if no check fails.
 
 Every check is a paired comparison on the same samples (eval/stats.py) and is recorded with its figure,
 its interval and its bound; a check whose inputs are not configured is recorded as not measured (and the
-learner says so when it starts), never passed silently. Decisions use the point estimate against the bound: a
-gate errs towards keeping the model that serves now.
+learner says so when it starts), never passed silently; a check that is configured but comes out not measured
+(no per-question results, lists that do not pair) blocks promotion with its reason. Forgetting and probes are
+decided on the pessimistic end of their interval, learning's non-regression on its point estimate: a gate errs
+towards keeping the model that serves now. Forgetting and probes are bounded against the base version v0, so
+small drops that each pass against their parent cannot add up.
 
-The current version's figures on the fixed parts (original text, benchmark, probes) are cached per version;
-the held-out conversations grow between rounds, so both models are scored on them every round.
+The current version's figures on the fixed parts (original text, benchmark, probes) are cached per version and
+per evaluation settings (a changed benchmark limit is a new cache entry, never a stale list un-paired with the
+candidate's); the held-out conversations grow between rounds, so both models are scored on them every round.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -55,10 +60,17 @@ class Gate:
         samples = prepare(gcfg, tokenizer, spec, progress=False).dataset("train") if heldout_file else None
         self.evaluator = RunEvaluator(gcfg, tokenizer, spec, self.work, samples=samples, suites={"gate_fixed"})
 
+    def cache_key(self) -> str:
+        """What the fixed figures depend on besides the weights: the evaluation section, rendering, precision."""
+        from ..config.schema import to_dict
+        material = {"eval": to_dict(self.cfg.eval), "render": to_dict(self.cfg.render),
+                    "precision": self.precision.mode}
+        return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     def _score(self, folder: str, version: str, step: int, conversations: bool = True) -> dict:
         """conversation perplexity (unless `conversations` is off); original text, benchmark and probes from the
-        cache when this version was scored before."""
-        cached = self.cache / f"{version}.json"
+        cache when this version was scored before with the same evaluation settings."""
+        cached = self.cache / f"{version}-{self.cache_key()}.json"
         if not conversations and cached.is_file():
             return json.loads(cached.read_text())
         model = load_from_config(self.cfg.model, weights=folder, precision=self.precision).eval()
@@ -91,10 +103,11 @@ class Gate:
 
 def decide(cfg: RunConfig, before: EvalRecord, after: EvalRecord, training: TrainingOutcome,
            origin: EvalRecord | None = None, origin_id: str = "the current version") -> GateDecision:
-    """Every check with its figure, interval and bound. Learning and probes are compared with `before` (the
-    version serving now); forgetting (original text, retention) with `origin` (the base version; `before` when
+    """Every check with its figure, interval and bound. Learning is compared with `before` (the version serving
+    now); forgetting (original text, retention) and the probes with `origin` (the base version; `before` when
     absent), so the bounds hold for the sum of all rounds."""
-    g, crit = cfg.learn.gate, cfg.eval.criteria
+    g, e = cfg.learn.gate, cfg.eval
+    crit = e.criteria
     origin = origin or before
     n_boot, conf = crit.bootstrap_samples, crit.confidence
     checks: dict[str, Check] = {"training": training.check()}
@@ -107,38 +120,57 @@ def decide(cfg: RunConfig, before: EvalRecord, after: EvalRecord, training: Trai
                                    + (" (learn.gate.require_heldout)" if g.require_heldout else ""))
     else:
         checks["learning"] = _bound(ch["change"], ch, g.conversation_ppl_tolerance, Unit.RELATIVE,
-                                    "held-out conversation perplexity (assistant tokens), relative change")
+                                    "held-out conversation perplexity (assistant tokens), relative change",
+                                    pessimistic=False)
 
     orig_b, orig_a = origin.per_sample("original_ppl"), after.per_sample("original_ppl")
     ch = ppl_change(orig_b, orig_a, "all", n_boot, conf) if orig_b and orig_a else None
     checks["original_text"] = _bound(ch["change"], ch, g.original_ppl_increase, Unit.RELATIVE,
                                      f"original-distribution perplexity vs {origin_id}, relative change") if ch \
-        else Check(Status.NOT_MEASURED, detail="eval.original is null")
+        else _unmeasured(e.original is not None, "no paired per-document perplexities of eval.original"
+                         if e.original is not None else "eval.original is null")
 
     name = crit.retention_benchmark
     _, _, fig_b = origin.retention(name)
     _, _, fig_a = after.retention(name)
     ch = accuracy_change(fig_b.get("correct") or [], fig_a.get("correct") or [], n_boot, conf)
-    checks["retention"] = _bound(-ch["change_points"], {**ch, "low": -ch["high"], "high": -ch["low"]},
-                                 g.retention_points, Unit.POINTS, f"{name} drop in points vs {origin_id}",
-                                 strict=True) if ch \
-        else Check(Status.NOT_MEASURED, detail=f"no per-question results of {name} (eval.benchmarks)")
+    configured = any(b.name == name for b in e.benchmarks)
+    checks["retention"] = _drop(ch, g.retention_points, f"{name} drop in points vs {origin_id}") if ch \
+        else _unmeasured(configured, f"no paired per-question results of {name} for both models" if configured
+                         else f"{name} is not in eval.benchmarks")
 
-    ch = accuracy_change(before.probe_correct(), after.probe_correct(), n_boot, conf)
-    checks["probes"] = _bound(-ch["change_points"], {**ch, "low": -ch["high"], "high": -ch["low"]},
-                              g.probe_points, Unit.POINTS, "knowledge probes (held-out phrasings) drop in points",
-                              strict=True) if ch else Check(Status.NOT_MEASURED, detail="eval.probes is null")
+    ch = accuracy_change(origin.probe_correct(), after.probe_correct(), n_boot, conf)
+    checks["probes"] = _drop(ch, g.probe_points, f"knowledge probes (held-out phrasings) drop in points vs "
+                                                 f"{origin_id}") if ch \
+        else _unmeasured(bool(e.probes), "no paired probe results for both models" if e.probes
+                         else "eval.probes is null")
     return GateDecision.of(checks, _figures(before, after, name, origin if origin is not before else None))
 
 
-def _bound(value: float, interval: dict, bound: float, unit: Unit, what: str, strict: bool = False) -> Check:
-    """fail when value > bound (or >= for `strict`: the plan's "Δ < 3 points")."""
-    over = value >= bound if strict else value > bound
-    if not math.isfinite(value):
+def _unmeasured(configured: bool, detail: str) -> Check:
+    """Not measured; blocking when its inputs are configured (it should have been measured)."""
+    return Check(Status.NOT_MEASURED, detail=detail, blocking=configured)
+
+
+def _drop(ch: dict, bound: float, what: str) -> Check:
+    """An accuracy change as a drop in points (positive = worse), its interval turned with it."""
+    return _bound(-ch["change_points"], {**ch, "low": -ch["high"], "high": -ch["low"]}, bound, Unit.POINTS, what,
+                  strict=True)
+
+
+def _bound(value: float, interval: dict, bound: float, unit: Unit, what: str, strict: bool = False,
+           pessimistic: bool = True) -> Check:
+    """fail when the judged figure > bound (or >= for `strict`: the plan's "Δ < 3 points"). The judged figure is
+    the interval's pessimistic end (its high end: every figure here is "larger is worse"), or the point estimate
+    where `pessimistic` is off. A missing or zero-width interval of a non-constant figure is not an interval."""
+    low, high = interval.get("low"), interval.get("high")
+    judged = high if pessimistic and high is not None else value
+    over = judged >= bound if strict else judged > bound
+    if not math.isfinite(value) or not math.isfinite(judged):
         over = True
-    return Check(Status.FAIL if over else Status.PASS, what, value, interval.get("low"), interval.get("high"),
-                 bound, unit, samples=interval.get("samples"), questions=interval.get("questions"),
-                 p_value=interval.get("p_value"))
+    return Check(Status.FAIL if over else Status.PASS, what, value, low, high, bound, unit,
+                 samples=interval.get("samples"), questions=interval.get("questions"),
+                 p_value=interval.get("p_value"), judged=judged, blocking=True)
 
 
 def _figures(before: EvalRecord, after: EvalRecord, benchmark: str, origin: EvalRecord | None = None) -> dict:

@@ -143,31 +143,27 @@ def heldout_records(store, cfg: RunConfig, upto: int) -> list[Conversation]:
     return out
 
 
-def reservoir_records(store, cfg: RunConfig, ranges: list[tuple[int, int]], n: int, seed: int, new: list[Conversation]
+def reservoir_records(store, cfg: RunConfig, trained: list[str], n: int, seed: int, new: list[Conversation]
                       ) -> list[Conversation]:
-    """`n` past conversations the current version's lineage learned from (whole; sampled with the round's
-    seed), replayed against forgetting what earlier rounds taught. Deleted or withdrawn ones are gone; one that
-    duplicates a new record of the round is left out (the round's dedup spans both)."""
-    if n <= 0 or not ranges:
+    """`n` past conversations the current version's lineage was trained on (`trained`: their ids, from the
+    rounds' plans; whole, sampled with the round's seed), replayed against forgetting what earlier rounds
+    taught. Only conversations that were trained on: one the guards dropped never comes back this way. Deleted
+    or withdrawn ones are gone; one that duplicates a new record of the round is left out (the round's dedup
+    spans both)."""
+    if n <= 0 or not trained:
         return []
     records = StoreRecords(cfg)
     for rec in new:  # so the steps' dedup knows the round's own records
         records.steps.filter.remember(rec)
-    seen, pool = set(), []
-    for after, upto in ranges:
-        for conv in store.consented_messages(after, upto):
-            if conv["id"] not in seen and not is_heldout(conv["id"], cfg.learn.gate_fraction):
-                seen.add(conv["id"])
-                pool.append(conv)
     rng = random.Random(seed)
     out = []
-    for conv in rng.sample(pool, min(n, len(pool))):
-        full = store.conversation(conv["id"])
-        if full is None:
+    for cid in rng.sample(trained, min(n, len(trained))):
+        conv = store.conversation(cid)
+        if conv is None or not conv["consent"]:
             continue
-        conv = {**conv, "messages": [{"role": m["role"], "content": m["content"]} for m in full["messages"]]}
         try:
-            rec = records.record(conv)
+            rec = records.record({"id": cid, "messages": [{"role": m["role"], "content": m["content"]}
+                                                          for m in conv["messages"]]})
         except Skip:
             continue
         rec.meta["reservoir"] = True

@@ -34,7 +34,7 @@ from .records import GateDecision, RoundPlan, RoundRecord, TrainingOutcome
 
 log = logging.getLogger("convlearn.learn")
 
-CURSOR, ROUND = "learn_cursor", "learn_round"
+CURSOR, ROUND, GATE_FRACTION = "learn_cursor", "learn_round", "learn_gate_fraction"
 # What `convlearn learn` trains with where the config file does not say: layer-wise GaLore (full gradients never
 # all alive: a single small machine) and experiment 3's online setting (batch 2, arrival order).
 LEARN_DEFAULTS = {("method", "layerwise"): "true", ("train", "batch_size"): "2", ("train", "order"): "stream"}
@@ -76,6 +76,20 @@ class Learner:
         self.cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_dir=str(self.dir.cache)))
         self.store = store or Store(self.learn.store or self.dir.store_url)
         ensure_base(self.store, cfg.model.name)
+        self._check_gate_fraction()
+
+    def _check_gate_fraction(self) -> None:
+        """The held-out slice is a hash of each conversation id under `gate_fraction`: another fraction would move
+        conversations already trained on into the slice the gate measures learning on (or the reverse). The
+        first learner to use a store records it; a different one later is refused."""
+        recorded = self.store.pointer(GATE_FRACTION)
+        if recorded is None:
+            self.store.set_pointers({GATE_FRACTION: repr(self.learn.gate_fraction)})
+        elif float(recorded) != self.learn.gate_fraction:
+            raise UserError(f"learn.gate_fraction: this store's rounds hold out {float(recorded):g} of the "
+                            f"conversations, not {self.learn.gate_fraction:g}; changing it would put conversations "
+                            f"already trained on into the gate's held-out slice. Set it back to "
+                            f"{float(recorded):g}, or start a new store")
 
     # -- when -------------------------------------------------------------------------------------------
     def cursor(self) -> int:
@@ -169,9 +183,7 @@ class Learner:
         seed = self.cfg.seed + n
         intake = read_round(self.store, self.cfg, cursor, upto, seed)
         pending = self.store.consented_messages(cursor, upto)
-        ranges = [(v.seq_from, v.seq_to) for v in self.store.lineage(current.id)
-                  if v.status == "promoted" and v.seq_to is not None]
-        reservoir = reservoir_records(self.store, self.cfg, ranges,
+        reservoir = reservoir_records(self.store, self.cfg, self._lineage_trained(current),
                                       round(self.learn.reservoir_ratio * len(intake.records)), seed,
                                       intake.records) if intake.records else []
         heldout = heldout_records(self.store, self.cfg, upto)
@@ -179,9 +191,20 @@ class Learner:
         _write_records(rdir.train_records, intake.records + reservoir)
         _write_records(rdir.heldout_records, heldout)
         plan = RoundPlan(n, cursor, upto, current.id, current.path, seed, intake.counts(), len(intake.records),
-                         len(reservoir), len(heldout), min((c["created"] for c in pending), default=None))
+                         len(reservoir), len(heldout), min((c["created"] for c in pending), default=None),
+                         trained=[r.id for r in intake.records + reservoir])
         plan.save(rdir.plan)
         return plan
+
+    def _lineage_trained(self, current: Version) -> list[str]:
+        """The conversations the current version's lineage was trained on, in the order they were (each once),
+        from the plans of its promoted rounds."""
+        out: dict[str, None] = {}
+        for v in reversed(self.store.lineage(current.id)):
+            plan = self.dir.round(v.round).plan if v.status == "promoted" and v.round else None
+            if plan is not None and plan.is_file():
+                out.update(dict.fromkeys(RoundPlan.load(plan).trained))
+        return list(out)
 
     def _round_config(self, plan: RoundPlan, rdir: RoundDir):
         cfg, t = self.cfg, self.cfg.train

@@ -61,6 +61,9 @@ class RoundPlan:
     reservoir: int             # past conversations replayed
     heldout: int               # the gate's held-out conversations
     oldest: float | None       # arrival time of the oldest new message
+    # The ids of every conversation this round trains on (new and replayed): a later round's reservoir samples
+    # only from these, so a conversation the guards dropped never comes back through it.
+    trained: list[str] = field(default_factory=list)
 
     @property
     def version(self) -> str:
@@ -104,7 +107,7 @@ class TrainingOutcome:
     def check(self) -> "Check":
         """The gate's first check: a round whose training failed is rejected for it, whatever else it measures."""
         if self.failed:
-            return Check(Status.FAIL, detail=self.non_finite)
+            return Check(Status.FAIL, detail=self.non_finite, blocking=True)
         return Check(Status.PASS, detail=f"{self.steps} steps, final loss {self.final_loss}")
 
     def to_json(self) -> dict:
@@ -147,26 +150,37 @@ class Check:
     samples: int | None = None      # what the figure was computed on (per-sample pairs, questions)
     questions: int | None = None
     p_value: float | None = None
+    # The figure held against the bound: the interval's pessimistic end (forgetting, probes) or the point
+    # estimate (learning's non-regression); None where nothing was measured.
+    judged: float | None = None
+    # A check whose inputs are configured must be measured: not measured, it blocks promotion.
+    blocking: bool = False
 
     @property
     def measured(self) -> bool:
         return self.value is not None
 
+    @property
+    def blocks(self) -> bool:
+        return self.status == Status.FAIL or (self.status == Status.NOT_MEASURED and self.blocking)
+
     def reason(self) -> str:
         """The one line a rejection gives for this check."""
         if not self.measured:
-            return self.detail
+            return f"not measured: {self.detail}" if self.blocking else self.detail
         fmt = (lambda x: f"{100 * x:+.1f}%") if self.unit == Unit.RELATIVE else (lambda x: f"{x:+.1f}")
+        judged = "" if self.judged is None or self.judged == self.value else \
+            f", its pessimistic end {fmt(self.judged)}"
         if self.low is not None:
-            return (f"{self.what} {fmt(self.value)} [{fmt(self.low)}, {fmt(self.high)}] over the bound "
+            return (f"{self.what} {fmt(self.value)} [{fmt(self.low)}, {fmt(self.high)}]{judged} over the bound "
                     f"{fmt(self.bound)}")
-        return f"{self.what} {fmt(self.value)} over the bound {fmt(self.bound)}"
+        return f"{self.what} {fmt(self.value)}{judged} over the bound {fmt(self.bound)}"
 
     def to_json(self) -> dict:
         out = {"status": self.status.value}
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name != "status" and v is not None and v != "":
+            if f.name != "status" and v is not None and v != "" and v is not False:
                 out[f.name] = v.value if isinstance(v, Enum) else v
         return out
 
@@ -187,8 +201,9 @@ class GateDecision:
 
     @classmethod
     def of(cls, checks: dict[str, Check], figures: dict | None = None) -> "GateDecision":
-        """Promote only if no check failed; a rejection names every failed check."""
-        failed = {k: c for k, c in checks.items() if c.status == Status.FAIL}
+        """Promote only if no check failed and every configured check was measured; a rejection names each
+        check that blocks it."""
+        failed = {k: c for k, c in checks.items() if c.blocks}
         return cls(not failed, checks, [f"{k}: {c.reason()}" for k, c in failed.items()], figures or {})
 
     def to_json(self) -> dict:
