@@ -89,3 +89,22 @@ def test_prepare_bad_config_exits_2(tmp_path):
     res = cli("data", "prepare", str(cfg))
     assert res.returncode == 2
     assert res.stderr.strip() == "convlearn: error: render.loss: must be one of all, assistant; got 'everything'"
+
+
+def test_one_heldout_set_for_every_training_cap():
+    """Experiment 2's three sizes used to be scored on 10 / 42 / 97 held-out samples: the held-out side was what
+    reading met before the training cap. With data.heldout_conversations it is fixed before the cap."""
+    from convlearn.config import load_config
+    from convlearn.data.records import DataStats
+    from convlearn.data.stream import iter_records
+
+    def heldout(cap, fixed):
+        sets = ["data.sources=[{path: chatterbot}]", "data.heldout_fraction=0.1", f"data.max_conversations={cap}"]
+        cfg = load_config(None, sets + ([f"data.heldout_conversations={fixed}"] if fixed else []))
+        keyed = list(iter_records(cfg.data, DataStats()))
+        assert sum(not k.heldout for k in keyed) == cap
+        return [k.record.id for k in keyed if k.heldout]
+    old = [len(heldout(cap, None)) for cap in (100, 300, 600)]
+    assert old[0] < old[1] < old[2]  # the failing case: the held-out set grows with the cap
+    fixed = [heldout(cap, 80) for cap in (100, 300, 600)]
+    assert len(fixed[0]) == 80 and fixed[0] == fixed[1] == fixed[2]

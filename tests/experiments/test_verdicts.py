@@ -195,3 +195,28 @@ def test_reference_runs_are_picked_by_the_method_role_not_its_name(tmp_path):
     hyp = optimizers_hypothesis([{**run("a", "adamw"), "method": "full-ft"}, {**run("l", "lora"), "method": "peft"},
                                  run("g"), run("apollo", "apollo")], CRITERIA)["verdicts"]
     assert set(hyp) == {"g", "apollo"} and hyp["g"]["verdict"] == "not measured"
+
+
+def test_a_gain_ratio_of_two_losses_is_no_pass():
+    """The audit's case: GaLore +5% and AdamW +10% perplexity gave "gain 2.02x" (a pass at bar 0.9). Both got
+    worse: the verdict is a fail, with both changes in its figure; two real gains still pass."""
+    rng = np.random.default_rng(1)
+    ids = [f"c{i}" for i in range(200)]
+    tokens = rng.integers(10, 60, 200).astype(float)
+
+    def rec(loss):
+        return {"ids": ids, "nats_assistant": list(loss * tokens), "tokens_assistant": list(tokens)}
+    base = rng.normal(3.0, 0.3, 200)
+    start = rec(base)
+
+    def hyp(galore_shift, adamw_shift):
+        g = run("galore-r32", peak_memory_bytes=50, _conversation_ppl_samples=(start, rec(base + galore_shift)))
+        a = run("adamw", "adamw", peak_memory_bytes=100,
+                _conversation_ppl_samples=(start, rec(base + adamw_shift)))
+        lo = run("lora-r16", "lora", peak_memory_bytes=45)
+        return optimizers_hypothesis([a, lo, g], CRITERIA)["verdicts"]["galore-r32"]
+    worse = hyp(np.log(1.05), np.log(1.10))
+    assert worse["verdict"] == "fail" and "not both significant gains" in worse["figure"]
+    assert "+5.0%" in worse["figure"] and "+10.0%" in worse["figure"]
+    better = hyp(np.log(0.80) + rng.normal(0, 0.01, 200), np.log(0.80))
+    assert better["verdict"] == "pass", better

@@ -260,8 +260,8 @@ def test_the_reservoir_replays_only_conversations_that_were_trained_on(tmp_path,
     first = learner.round()
     assert first.status == "promoted", first.gate.reasons
     from convlearn.data.splits import is_heldout
-    dropped = {c for c in dropped if not is_heldout(c, cfg.learn.gate_fraction)}  # the gate's slice is not read
-    assert first.intake.dropped["downvoted"] + first.intake.dropped["moderation"] == len(dropped) >= 6
+    dropped = {c for c in dropped if not is_heldout(c, cfg.learn.gate_fraction)}  # (ids are random: the slice too)
+    assert first.intake.dropped["downvoted"] + first.intake.dropped["moderation"] == len(dropped) > 0
     trained = set(RoundPlan.load(folder / "rounds" / "r0001" / "plan.json").trained)
     assert trained and not trained & dropped
     late = store.add_key("late", consent_default=True)

@@ -74,6 +74,11 @@ class DataConfig:
                                         "of the conversation id (same side in every run).", ge=0.0, lt=1.0)
     max_conversations: Optional[int] = opt(None, "Keep at most this many training conversations (in source "
                                                  "order, after filtering); null = all.", ge=1)
+    heldout_conversations: Optional[int] = opt(
+        None, "A held-out set of this many conversations fixed before the training cap: reading goes on past "
+              "`max_conversations` (keeping held-out records only) until it holds this many, so runs capped at "
+              "different sizes are scored on the same held-out conversations (experiment 2). null = the held-out "
+              "records met before the cap (their number then grows with the cap).", ge=1)
     topics: TopicsConfig = opt(TopicsConfig(), "Topic labels (as domains) where the data has none.")
     cache_dir: str = opt(".cache/convlearn", "Where `data prepare` caches tokenized data (Arrow), keyed by "
                                              "data + tokenizer + rendering settings.")

@@ -81,9 +81,9 @@ class EvalConfig:
     # which config/ cannot import; eval.evaluations.check_suites names the key when an evaluator or run is built.
     suites: dict[str, list[str]] = opt(
         {"quick": ["conversation_ppl"],
-         "full": ["conversation_ppl", "domain_ppl", "original_ppl", "quality", "probes", "mmlu_quick",
-                  "benchmarks"]},
-        "Named sets of evaluations; see the Evaluations table below.")
+         "full": ["conversation_ppl", "domain_ppl", "original_ppl", "quality", "probes", "benchmarks"]},
+        "Named sets of evaluations; see the Evaluations table below. (`mmlu_quick` is not in the default `full`: "
+        "it needs a local MMLU copy, an `mmlu` entry of eval.benchmarks with data_dir.)")
     heldout_samples: Optional[int] = opt(1000, "Held-out conversation samples for perplexities; null = all.",
                                          ge=1)
     batch_size: int = opt(8, "Batch size of perplexity and generation passes.", ge=1)

@@ -109,18 +109,26 @@ def read_source(src, stats: DataStats, steps: RecordSteps | None = None) -> Iter
 
 def iter_records(data_cfg: DataConfig, stats: DataStats) -> Iterator[Keyed]:
     """All sources of a DataConfig, filtered (dedup across sources), each record with its held-out side.
-    Stops once `max_conversations` training records were kept (held-out ones do not count)."""
+    Stops once `max_conversations` training records were kept (held-out ones do not count) and, where
+    `heldout_conversations` is set, the held-out side holds that many: past the cap only held-out records are
+    kept, so the held-out set does not depend on the cap."""
     steps = RecordSteps(data_cfg, stats)
-    kept_train = 0
+    cap, held_target = data_cfg.max_conversations, data_cfg.heldout_conversations
+    kept_train = kept_held = 0
     for src in data_cfg.sources:
         for rec in read_source(src, stats, steps):
             heldout = is_heldout(split_key(rec), data_cfg.heldout_fraction)
-            if not heldout and data_cfg.max_conversations is not None \
-                    and kept_train >= data_cfg.max_conversations:
+            capped = cap is not None and kept_train >= cap
+            if capped and (held_target is None or kept_held >= held_target):
                 return
+            if heldout and held_target is not None and kept_held >= held_target:
+                continue
+            if not heldout and capped:
+                continue
             stats.keep(rec)
             if heldout:
                 stats.heldout += 1
+                kept_held += 1
             else:
                 kept_train += 1
             yield Keyed(rec, heldout)

@@ -147,14 +147,19 @@ def _changes_on_shared_samples(runs: list[tuple[dict, dict]], mask: str, n_boot:
 def gain_ratio(a: tuple[dict, dict], b: tuple[dict, dict], mask: str = "assistant", n_boot: int = 2000,
                confidence: float = 0.95, seed: int = 0) -> dict | None:
     """Run A's perplexity gain as a multiple of run B's (ratio of relative changes), on the same held-out
-    samples, with a paired bootstrap interval."""
+    samples, with a paired bootstrap interval; and each run's own relative change with its interval
+    (`a_change`, `a_low`, `a_high`, and the same for b): a ratio of two changes is a gain ratio only when both are
+    gains (two perplexities that both rise give a ratio too, and it means nothing)."""
     got = _changes_on_shared_samples([a, b], mask, n_boot, seed)
     if got is None:
         return None
     ((ca, boot_a), (cb, boot_b)), n = got
-    boot = boot_a / boot_b
-    lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return {"ratio": ca / cb, "low": float(lo), "high": float(hi), "samples": n}
+    q = [(1 - confidence) / 2, (1 + confidence) / 2]
+    lo, hi = np.quantile(boot_a / boot_b, q)
+    (alo, ahi), (blo, bhi) = np.quantile(boot_a, q), np.quantile(boot_b, q)
+    return {"ratio": ca / cb, "low": float(lo), "high": float(hi), "samples": n,
+            "a_change": float(ca), "a_low": float(alo), "a_high": float(ahi),
+            "b_change": float(cb), "b_low": float(blo), "b_high": float(bhi)}
 
 
 def paired_change_difference(a: tuple[dict, dict] | None, b: tuple[dict, dict] | None, n_boot: int = 2000,

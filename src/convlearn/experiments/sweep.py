@@ -33,6 +33,7 @@ import yaml
 
 from ..config import load_config
 from ..errors import ConfigError, UserError
+from ..eval.evaluations import check_suites
 from ..train.checkpoint import latest_checkpoint
 from ..train.methods import method_for
 from . import registry
@@ -131,6 +132,7 @@ def load_sweep(path: str | Path) -> Sweep:
     for r in runs:  # every run's config (and its method) must be valid before anything starts
         cfg = load_config(base, r.overrides)
         method_for(cfg.method, cfg.train)
+        check_suites(cfg.eval)  # a suite that cannot run fails here, not at every run's step 0 after the pilots
     return sweep
 
 

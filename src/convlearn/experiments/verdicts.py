@@ -164,6 +164,15 @@ def optimizers_hypothesis(runs: list[dict], c) -> dict:
         if ratio is None or mem is None:
             rows[point] = verdict("not measured", "no paired held-out samples or no peak memory")
             continue
+        if ratio["a_high"] >= 0 or ratio["b_high"] >= 0:
+            # a ratio of gains needs two gains: both perplexities significantly down (interval below 0)
+            worse = ratio["a_low"] > 0 or ratio["b_low"] > 0
+            rows[point] = verdict("fail" if worse else "inconclusive",
+                                  f"perplexity change {100 * ratio['a_change']:+.1f}% [{100 * ratio['a_low']:+.1f}%, "
+                                  f"{100 * ratio['a_high']:+.1f}%], AdamW's {100 * ratio['b_change']:+.1f}% "
+                                  f"[{100 * ratio['b_low']:+.1f}%, {100 * ratio['b_high']:+.1f}%]: not both "
+                                  "significant gains, so no gain ratio")
+            continue
         learn = against_bar(ratio["ratio"], ratio["low"], ratio["high"], c.learning_vs_adamw, below=False)
         state = "fail" if learn == "fail" or mem > c.memory_vs_lora else learn
         rows[point] = verdict(state, f"perplexity gain {ratio['ratio']:.2f}x AdamW's [{ratio['low']:.2f}, "

@@ -33,7 +33,8 @@ def evaluation_for(name: str) -> Evaluation:
 
 
 def check_suites(eval_cfg: EvalConfig, path: str = "eval") -> None:
-    """ConfigError naming `eval.suites.<name>` for an item that is not a registered evaluation. config/ cannot
+    """ConfigError naming `eval.suites.<name>` for an item that is not a registered evaluation, or one whose
+    inputs the `eval` section does not give (Evaluation.check). config/ cannot
     see this registry (eval imports config, not the other way), so whatever builds an evaluator, or starts a run
     that will, calls this before any work."""
     for name, items in eval_cfg.suites.items():
@@ -41,6 +42,9 @@ def check_suites(eval_cfg: EvalConfig, path: str = "eval") -> None:
             if item not in _REGISTRY:
                 raise ConfigError(f"{path}.suites.{name}", f"unknown evaluation {item!r} (known: "
                                                            f"{', '.join(_REGISTRY)})")
+            lacking = _REGISTRY[item]().check(eval_cfg)
+            if lacking:  # fails now, not at the run's step-0 evaluation after an LR search
+                raise ConfigError(f"{path}.suites.{name}", f"{item} {lacking}")
 
 
 def evaluations_docs() -> str:

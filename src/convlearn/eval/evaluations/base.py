@@ -54,5 +54,10 @@ class Evaluation:
     def check_offline(self, ecfg) -> None:
         """Raise UserError (naming the key) when the hub is offline and this evaluation would need it."""
 
+    def check(self, ecfg) -> str | None:
+        """What this evaluation needs of the `eval` section that it lacks, online or not (None: nothing): a
+        suite holding it fails when the config is checked, not at the run's first evaluation."""
+        return None
+
     def run(self, ctx: EvalContext, model) -> dict:
         raise NotImplementedError

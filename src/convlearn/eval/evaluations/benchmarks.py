@@ -27,5 +27,11 @@ class MmluQuick(Evaluation):
     name = "mmlu_quick"
     summary = "a fixed, seeded subset of MMLU (`eval.mmlu_quick_per_subject` questions per subject)"
 
+    def check(self, ecfg) -> str | None:
+        if not any(b.name == "mmlu" and b.data_dir for b in ecfg.benchmarks):
+            return ("needs an `mmlu` entry with data_dir in eval.benchmarks (its subset is drawn from a local MMLU "
+                    "copy); give one, or take mmlu_quick out of the suite")
+        return None
+
     def run(self, ctx: EvalContext, model) -> dict:
         return ctx.benchmarks().run(model, ctx.tokenizer, quick_mmlu=True)
