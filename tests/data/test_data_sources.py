@@ -4,7 +4,7 @@ import json
 import pytest
 
 import datafiles as F
-from convlearn.config import DataConfig, SourceConfig
+from convlearn.config import DataConfig, SourceConfig, load_config
 from convlearn.data.records import DataStats
 from convlearn.data.stream import iter_records
 
@@ -149,3 +149,21 @@ def test_bad_rows_never_take_good_ones(tmp_path):
     recs, stats = read(path, heldout_fraction=0.0)
     assert [r.id for r in recs] == [f"g{i}" for i in range(5)]
     assert stats["skipped"] == {"invalid_json": 5, "not_an_object": 10}
+
+
+def test_validation_mode_scores_a_training_slice_and_never_reads_the_test_side():
+    """Learning-rate pilots select on `data.evaluate_on: validation`: the held-out side is a slice of the training
+    side (not trained on) and the test conversations the report judges are neither trained on nor scored."""
+    def sides(*sets):
+        cfg = load_config(None, ["data.sources=[{path: chatterbot}]", "data.heldout_fraction=0.2", *sets]).data
+        keyed = list(iter_records(cfg, DataStats()))
+        return {k.record.id for k in keyed if k.heldout}, {k.record.id for k in keyed if not k.heldout}
+    test, train = sides()
+    validation, pilot_train = sides("data.evaluate_on=validation", "data.validation_fraction=0.25")
+    assert test and validation and not (validation | pilot_train) & test
+    assert validation | pilot_train == train and not validation & pilot_train
+    assert 0.15 < len(validation) / len(train) < 0.35
+    assert sides("data.evaluate_on=validation", "data.validation_fraction=0.25") == (validation, pilot_train)
+    # the held-out count of experiment 2 belongs to the test side; validation mode ignores it
+    assert sides("data.evaluate_on=validation", "data.validation_fraction=0.25",
+                 "data.heldout_conversations=5")[0] == validation

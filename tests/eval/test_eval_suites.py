@@ -153,44 +153,11 @@ def test_quality_answers_rouge_and_a_pairwise_judge(setup, tiny_models, monkeypa
     assert "[Reference response]" in _Judge.calls[0]["messages"][0]["content"]
 
 
-@pytest.mark.slow
-def test_probes_detect_a_fact_that_training_injects(tmp_path, tiny_models):
-    from convlearn.data.probes import write_probes
-    probes, convs = write_probes(tmp_path / "probes", n=4, seed=0, mentions=6)
-    cfg = run_config(tmp_path / "probe.yaml", tiny_models["qwen2"], tmp_path / "cache",
-                     data={"sources": [{"path": str(convs)}], "heldout_fraction": 0.0},
-                     render={"loss": "assistant"}, method={"name": "adamw"},
-                     train={"max_steps": 60, "batch_size": 8},
-                     eval={"schedule": [{"step": 0, "suite": "p"}], "final_suite": "p",
-                           "suites": {"p": ["probes"]}, "probes": str(probes)})
-    res = cli("train", str(cfg), "--out", str(tmp_path / "run"))
-    assert res.returncode == 0, res.stderr[-2000:]
-    before = json.loads((tmp_path / "run" / "evals" / "step-0.json").read_text())["evaluations"]["probes"]
-    after = json.loads((tmp_path / "run" / "evals" / "step-60.json").read_text())["evaluations"]["probes"]
-    assert before["probes"] == after["probes"] == 4
-    assert before["answer_contained"] == 0.0 and after["answer_contained"] >= 0.75
-    assert after["ll_accuracy"] == 1.0 and after["mean_margin_nats"] > before["mean_margin_nats"] + 5
-    # phrasings training never saw are scored apart: verbatim recall is not the same evidence
-    assert after["heldout"]["questions"] == 12 and before["heldout"]["ll_accuracy"] < 1.0
-    assert 0 <= after["heldout"]["answer_contained"] <= 1 and after["chance"] == 0.25
-
-
 def _record(step, mmlu, ppl, domains=None):
     ev = {"benchmarks": {"mmlu": {"score": mmlu}}, "conversation_ppl": {"all": {"loss": ppl, "bits_per_byte": 1}}}
     if domains:
         ev["domain_ppl"] = {"groups": {"domain": {d: {"all": {"loss": v}} for d, v in domains.items()}}}
     return {"step": step, "evaluations": ev}
-
-
-def test_probe_heldout_phrasings_never_occur_in_training():
-    from convlearn.data.probes import make_probes
-    probes, conversations = make_probes(n=10, seed=1, mentions=4)
-    training_text = " ".join(m["content"] for c in conversations for m in c["conversation"]).casefold()
-    for p in probes:
-        assert p["question"].casefold() in training_text  # verbatim: the question as training asked it
-        assert len(p["heldout_questions"]) == 3
-        for q in p["heldout_questions"]:
-            assert q.casefold() not in training_text and p["question"] != q
 
 
 def test_overlapping_schedule_entries_run_both_suites():

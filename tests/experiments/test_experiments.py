@@ -216,8 +216,16 @@ def test_tiny_optimizers_tune_each_method_then_compare(tiny_optimizers):
     runs, verdicts = tiny_optimizers
     choice = json.loads((runs / "lr_choice.json").read_text())
     assert len(choice["methods"]) == 3 and choice["steps"] == 2
+    test_ids = set(json.loads((runs / verdicts["runs"][0] / "evals" / "step-0.json").read_text())
+                   ["evaluations"]["conversation_ppl"]["per_sample"]["ids"])
     for label, m in choice["methods"].items():
         assert len(m["curve"]) == 2 and m["lr"] == min(m["curve"], key=lambda c: c["ppl"])["lr"]
+        for c in m["curve"]:  # selection scored a validation slice, never the report's test conversations
+            assert c["original_ppl"] > 1 and "retention" in c  # and its retention beside its perplexity
+            pilot = json.loads(next(Path(c["run"], "evals").glob("step-*.json")).read_text())["evaluations"]
+            ids = set(pilot["conversation_ppl"]["per_sample"]["ids"])
+            assert ids and not ids & test_ids
+    assert choice["metric"].startswith("validation")
     for run in verdicts["runs"]:  # each run trained at the rate its method's pilots picked
         cfg = load_config(runs / run / "config.yaml")
         from convlearn.train.methods import method_for

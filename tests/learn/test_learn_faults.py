@@ -187,7 +187,9 @@ def test_live_demo_learns_consented_facts_and_not_the_others(tmp_path):
         assert set(r["gate"]["checks"]) == {"training", "learning", "original_text", "retention", "probes"}
     first, last = report["versions"][0], report["versions"][-1]
     assert first["version"] == "v0" and all(0 <= v["shared_probes"] <= 1 for v in report["versions"])
-    assert not last["private_above_chance"]  # told as often, without consent: never learned
+    # told as often, without consent: never learned (its lift over the control is not significant)
+    assert last["private_lift"]["p_value"] > 0.05 and last["private_control"] is not None
+    assert last["consented_vs_unconsented"]["clusters"] == [4, 4]
     canaries = report["canaries"][last["version"]]
     assert canaries["protected_at_chance"] and canaries["candidates"] == 500
     assert "| version |" in (tmp_path / "live" / "report.md").read_text()

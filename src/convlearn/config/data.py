@@ -79,6 +79,13 @@ class DataConfig:
               "`max_conversations` (keeping held-out records only) until it holds this many, so runs capped at "
               "different sizes are scored on the same held-out conversations (experiment 2). null = the held-out "
               "records met before the cap (their number then grows with the cap).", ge=1)
+    evaluate_on: Literal["test", "validation"] = opt(
+        "test", "Which held-out side the evaluation scores. `test`: the held-out conversations (every report). "
+                "`validation`: a slice of the training side (`validation_fraction`, by another hash), not trained "
+                "on, while the test side is neither trained on nor read: learning-rate pilots select on it, so "
+                "selection never sees the report's test set.")
+    validation_fraction: float = opt(0.1, "Share of the training side that is the validation slice when "
+                                          "`evaluate_on: validation`.", gt=0.0, lt=1.0)
     topics: TopicsConfig = opt(TopicsConfig(), "Topic labels (as domains) where the data has none.")
     cache_dir: str = opt(".cache/convlearn", "Where `data prepare` caches tokenized data (Arrow), keyed by "
                                              "data + tokenizer + rendering settings.")

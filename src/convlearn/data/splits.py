@@ -34,6 +34,12 @@ def is_heldout(key: str, fraction: float) -> bool:
     return h / 2**64 < fraction
 
 
+def is_validation(key: str, fraction: float) -> bool:
+    """The validation slice of the training side: another hash of the same key, so it is independent of the
+    held-out (test) split and the same in every pilot."""
+    return is_heldout("validation:" + key, fraction)
+
+
 def replay_shares_eval_source(cfg: RunConfig) -> bool:
     """Replay and the original-distribution evaluation read the same text: split it so they never overlap."""
     a, b = cfg.replay.original, cfg.eval.original

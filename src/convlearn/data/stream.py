@@ -12,7 +12,7 @@ from .hygiene import RecordFilter, detect_language, language_code, scrub
 from .readers import is_chatterbot_path, peek, read_rows
 from .records import Conversation, DataStats, Document, Skip
 from .sources import adapt, count_placeholders, detect_format
-from .splits import is_heldout, split_key
+from .splits import is_heldout, is_validation, split_key
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -113,11 +113,17 @@ def iter_records(data_cfg: DataConfig, stats: DataStats) -> Iterator[Keyed]:
     `heldout_conversations` is set, the held-out side holds that many: past the cap only held-out records are
     kept, so the held-out set does not depend on the cap."""
     steps = RecordSteps(data_cfg, stats)
-    cap, held_target = data_cfg.max_conversations, data_cfg.heldout_conversations
+    validation = data_cfg.evaluate_on == "validation"
+    cap, held_target = data_cfg.max_conversations, None if validation else data_cfg.heldout_conversations
     kept_train = kept_held = 0
     for src in data_cfg.sources:
         for rec in read_source(src, stats, steps):
-            heldout = is_heldout(split_key(rec), data_cfg.heldout_fraction)
+            key = split_key(rec)
+            heldout = is_heldout(key, data_cfg.heldout_fraction)
+            if validation:  # the test side stays unread; the held-out side is a slice of the training side
+                if heldout:
+                    continue
+                heldout = is_validation(key, data_cfg.validation_fraction)
             capped = cap is not None and kept_train >= cap
             if capped and (held_target is None or kept_held >= held_target):
                 return

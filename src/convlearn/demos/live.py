@@ -21,10 +21,10 @@ from pathlib import Path
 
 from ..config import RunConfig, SourceConfig, load_config
 from ..data.docstring_cloze import write_docstring_cloze
-from ..data.probes import make_probes
+from ..data.probes import link_probes, make_probes
 from ..data.records import DataStats
 from ..data.stream import read_source
-from ..eval.stats import above_chance
+from ..eval.stats import clustered_group_difference
 from ..learn.canary import RISK_KNOBS, exposures, make_canaries, prompt_renderer
 from ..learn.learner import Learner
 from ..learn.records import GateDecision
@@ -120,9 +120,12 @@ def run_live(out: str | Path, quick: bool = False) -> dict:
     t0 = time.perf_counter()
     print(f"[1/5] base model: tiny Qwen2 twin pretrained on docstrings -> {out / 'base'}", flush=True)
     base = chat_base(out, pretrain_base(out, tiny_twin(out), 150 if quick else 400), 60 if quick else 150)
+    # Two kinds of fact, so each group holds >= 2 facts of a kind: a probe's distractors are the answers of the
+    # other facts of its own group (taught as often, under the same consent), its control another group subject.
     n_facts = 8 if quick else 16
-    probes, _ = make_probes(n=n_facts, seed=1, mentions=1)
-    shared, private = probes[: n_facts // 2], probes[n_facts // 2:]  # told equally often; only consent differs
+    probes, _ = make_probes(n=n_facts, seed=1, mentions=1, kinds=("capital", "river"))
+    shared = link_probes(probes[: n_facts // 2], seed=1)  # told equally often; only consent differs
+    private = link_probes(probes[n_facts // 2:], seed=1)
     (out / "probes").mkdir(exist_ok=True)
     for name, ps in (("shared", shared), ("private", private)):
         (out / "probes" / f"{name}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in ps))
@@ -212,11 +215,13 @@ def _report(out, cfg: RunConfig, store, shared, private, canaries, rounds, talks
                "retention": gate.get("retention"), "original_ppl": gate.get("original_ppl")}
         for name, f in figs.items():
             held = f["heldout"]
-            test = above_chance(held["ll_correct"], f["chance"])
-            row[f"{name}_probes"] = held["ll_accuracy"]
-            row[f"{name}_p"] = test["p_value"]
-            row[f"{name}_above_chance"] = test["above_chance"]
+            row[f"{name}_probes"], row[f"{name}_control"] = held["ll_accuracy"], held["control"]["ll_accuracy"]
+            row[f"{name}_lift"] = held["lift"]  # held-out minus control, per fact (clustered, sign-flip p)
             row["chance"] = f["chance"]
+        # the learning claim: consented facts above unconsented ones told as often, on the same version, by fact
+        s, p = figs["shared"]["heldout"], figs["private"]["heldout"]
+        row["consented_vs_unconsented"] = clustered_group_difference(s["ll_correct"], s["fact"], p["ll_correct"],
+                                                                     p["fact"])
         rows.append(row)
         del model
     base_gate = next((r.gate.figures.get("current", {}) for r in rounds if r.gate and r.gate.figures), {})
@@ -249,15 +254,28 @@ def report_markdown(report: dict) -> str:
     f = lambda v, d=3: "–" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
     lines = ["# convlearn live demo: a served model learning from its consented conversations", "",
              f"Facts users shared with consent: {report['facts']['shared']}; facts told without consent: "
-             f"{report['facts']['private']}. Probe accuracy is the likelihood choice among the answer and three "
-             f"distractors on phrasings no conversation used (chance {f(report['versions'][0]['chance'], 2)}); "
-             f"p: one-sided binomial test against chance. Gate bounds: {report['gate_bounds']}.", "",
-             "| version | status | learned from | consented facts (held-out phrasings) | p | unconsented facts | p | "
-             "conversation ppl | retention | original ppl |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"{report['facts']['private']}. Probe accuracy is the likelihood choice of the true answer among the "
+             f"answers of the other facts of its group (taught as often), on phrasings no conversation used (chance "
+             f"{f(report['versions'][0]['chance'], 2)}); control: the same phrasings about another subject of the "
+             f"group; lift: accuracy minus control per fact, with a sign-flip p-value over facts; consented - "
+             f"unconsented: the difference of the two fact sets on the same version, by fact, with its interval and "
+             f"a permutation p-value over facts. Gate bounds: {report['gate_bounds']}.", "",
+             "| version | status | learned from | consented facts (control; lift, p) | unconsented facts (control; "
+             "lift, p) | consented - unconsented [interval], p | conversation ppl | retention | original ppl |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def probes(r, name):
+        lift = r[f"{name}_lift"] or {}
+        return (f"{f(r[f'{name}_probes'], 2)} ({f(r[f'{name}_control'], 2)}; {f(lift.get('difference'), 2)}, "
+                f"p {f(lift.get('p_value'), 3)})")
+
+    def versus(d):
+        return "–" if not d else (f"{d['difference']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}], "
+                                  f"p {d['p_value']:.3f}")
     for r in report["versions"]:
         lines.append(f"| {r['version']}{' (current)' if r['current'] else ''} | {r['status']} | "
-                     f"{'–' if r['conversations'] is None else r['conversations']} | {f(r['shared_probes'], 2)} | "
-                     f"{f(r['shared_p'], 3)} | {f(r['private_probes'], 2)} | {f(r['private_p'], 3)} | "
+                     f"{'–' if r['conversations'] is None else r['conversations']} | {probes(r, 'shared')} | "
+                     f"{probes(r, 'private')} | {versus(r['consented_vs_unconsented'])} | "
                      f"{f(r['conversation_ppl'], 1)} | {f(r['retention'], 3)} | {f(r['original_ppl'], 1)} |")
     for r in report["rejected"]:
         lines.append(f"\nRejected {r['version']}: {'; '.join(r['reasons'] or [])}")

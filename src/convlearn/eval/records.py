@@ -118,6 +118,21 @@ class EvalRecord:
         v = self._get("probes", "heldout", kind) if heldout else None
         return list(v) if isinstance(v, list) else []
 
+    def probe_facts(self) -> list:
+        """The fact each held-out probe question asks about (the cluster of clustered statistics)."""
+        v = self._get("probes", "heldout", "fact")
+        return list(v) if isinstance(v, list) else []
+
+    def probe_control(self) -> float | None:
+        """The mismatched-subject control's likelihood accuracy (the held-out phrasings about another subject)."""
+        return self._number("probes", "heldout", "control", "ll_accuracy")
+
+    def probe_test(self, name: str) -> dict:
+        """A clustered comparison of the held-out probe accuracy: `lift` (over the control) or `vs_chance`
+        (`difference`, `low`, `high`, `p_value`, `clusters`); {} when not measured."""
+        v = self._get("probes", "heldout", name)
+        return v if isinstance(v, dict) else {}
+
     def rouge_l(self) -> float | None:
         return self._number("quality", "rougeL")
 
@@ -140,6 +155,8 @@ class EvalRecord:
         if self.probe("answer_contained", heldout=True) is not None:
             out["probes/heldout_answer_contained"] = self.probe("answer_contained", heldout=True)
             out["probes/heldout_ll_accuracy"] = self.probe("ll_accuracy", heldout=True)
+        if self.probe_control() is not None:
+            out["probes/control_ll_accuracy"] = self.probe_control()
         for (kind, name), score in self.benchmark_scores().items():
             out[f"{kind}/{name}"] = score
         return {k: v for k, v in out.items() if isinstance(v, (int, float)) and math.isfinite(v)}

@@ -61,11 +61,23 @@ def ppl_change(before: dict, after: dict, mask: str = "assistant", n_boot: int =
 
 
 def accuracy_change(before: list[int], after: list[int], n_boot: int = 2000, confidence: float = 0.95,
-                    seed: int = 0) -> dict | None:
+                    seed: int = 0, clusters: list | None = None) -> dict | None:
     """Change in accuracy (points) on the same questions: McNemar's exact p-value (two-sided, on the questions
-    that changed) and a paired-bootstrap interval."""
+    that changed) and a paired-bootstrap interval. With `clusters` (the fact each question asks about), the unit
+    is the cluster: per-cluster accuracies, a bootstrap over clusters and a two-sided sign-flip p-value."""
     if not before or len(before) != len(after):
         return None
+    if clusters is not None:
+        if len(clusters) != len(before):
+            return None
+        ch = clustered_difference([float(v) for v in after], [float(v) for v in before], clusters, n_boot,
+                                  confidence, seed)
+        _, d = _cluster_means([a - b for a, b in zip(after, before)], clusters)
+        two_sided = min(1.0, 2 * min(_sign_flip_p(d, seed), _sign_flip_p(-d, seed)))
+        return {"change_points": 100 * ch["difference"], "low": 100 * ch["low"], "high": 100 * ch["high"],
+                "p_value": two_sided, "questions": len(before), "clusters": ch["clusters"],
+                "lost": sum(1 for a, b in zip(after, before) if b and not a),
+                "gained": sum(1 for a, b in zip(after, before) if a and not b)}
     x, y = np.asarray(before), np.asarray(after)
     lost, gained = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
     p = stats.binomtest(gained, lost + gained, 0.5).pvalue if lost + gained else 1.0
@@ -174,3 +186,65 @@ def paired_change_difference(a: tuple[dict, dict] | None, b: tuple[dict, dict] |
     ((ca, boot_a), (cb, boot_b)), n = got
     lo, hi = np.quantile(boot_a - boot_b, [(1 - confidence) / 2, (1 + confidence) / 2])
     return {"difference": ca - cb, "low": float(lo), "high": float(hi), "samples": n}
+
+
+# -- clustered statistics: the unit of analysis is the cluster (a fact asked in several phrasings) ------------
+def _cluster_means(values: list[float], clusters: list) -> tuple[list, np.ndarray]:
+    """Mean of `values` per cluster, clusters in first-seen order."""
+    order: dict = {}
+    for v, c in zip(values, clusters):
+        order.setdefault(c, []).append(float(v))
+    return list(order), np.asarray([np.mean(v) for v in order.values()])
+
+
+def _sign_flip_p(d: np.ndarray, seed: int = 0, draws: int = 20000) -> float:
+    """One-sided p-value that the mean of the per-cluster differences `d` exceeds 0: the share of sign patterns
+    (all 2^k when k <= 16, else `draws` random ones) whose mean is at least the observed one. Exact under the null
+    that each cluster's difference is symmetric about 0; it needs no normality and counts clusters, not trials."""
+    k = len(d)
+    if k == 0:
+        return 1.0
+    if k <= 16:
+        signs = 1 - 2 * ((np.arange(2 ** k)[:, None] >> np.arange(k)) & 1)
+    else:
+        signs = _rng(seed).choice([-1, 1], size=(draws, k))
+    stat = (signs * d).mean(-1)
+    return float((stat >= d.mean() - 1e-12).mean())
+
+
+def clustered_difference(a: list[float], b: list[float] | float, clusters: list, n_boot: int = 2000,
+                         confidence: float = 0.95, seed: int = 0) -> dict | None:
+    """Mean over clusters of (a - b), `a` and `b` paired per item (or `b` one number per item, e.g. chance), with a
+    bootstrap interval over clusters and the one-sided sign-flip p-value that it is above 0. Items of one cluster
+    (phrasings of one fact) are not independent: resampling them as if they were overstates the evidence."""
+    if not a or len(a) != len(clusters):
+        return None
+    bb = b if isinstance(b, list) else [b] * len(a)
+    if len(bb) != len(a):
+        return None
+    _, d = _cluster_means([x - y for x, y in zip(a, bb)], clusters)
+    idx = _rng(seed).integers(0, len(d), (n_boot, len(d)))
+    lo, hi = np.quantile(d[idx].mean(-1), [(1 - confidence) / 2, (1 + confidence) / 2])
+    return {"difference": float(d.mean()), "low": float(lo), "high": float(hi), "p_value": _sign_flip_p(d, seed),
+            "clusters": int(len(d)), "items": len(a)}
+
+
+def clustered_group_difference(a: list[float], a_clusters: list, b: list[float], b_clusters: list,
+                               n_boot: int = 2000, confidence: float = 0.95, seed: int = 0,
+                               draws: int = 20000) -> dict | None:
+    """Mean per-cluster score of group A minus group B (two disjoint sets of facts, e.g. consented and
+    unconsented ones on the same model), with a bootstrap interval resampling clusters within each group and a
+    one-sided permutation p-value (cluster labels shuffled between the groups) that A is above B."""
+    if not a or not b:
+        return None
+    _, ma = _cluster_means(a, a_clusters)
+    _, mb = _cluster_means(b, b_clusters)
+    rng = _rng(seed)
+    boot = (ma[rng.integers(0, len(ma), (n_boot, len(ma)))].mean(-1)
+            - mb[rng.integers(0, len(mb), (n_boot, len(mb)))].mean(-1))
+    lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
+    pooled, observed = np.concatenate([ma, mb]), ma.mean() - mb.mean()
+    perms = np.argsort(rng.random((draws, len(pooled))), axis=1)
+    stat = pooled[perms[:, :len(ma)]].mean(-1) - pooled[perms[:, len(ma):]].mean(-1)
+    return {"difference": float(observed), "low": float(lo), "high": float(hi),
+            "p_value": float(((stat >= observed - 1e-12).sum() + 1) / (draws + 1)), "clusters": [len(ma), len(mb)]}

@@ -106,6 +106,15 @@ def _eval_figures(evals: list[EvalRecord], c) -> dict:
             out[f"{label}_step0"], out[f"{label}_final"] = series[0][1], series[-1][1]
     if last.probe("chance") is not None:
         out["probe_chance"] = last.probe("chance")
+    # the evidence that facts were learned: held-out accuracy above the mismatched-subject control, by fact
+    if last.probe_control() is not None:
+        out["probe_control_final"] = last.probe_control()
+    for name in ("lift", "vs_chance"):
+        t = last.probe_test(name)
+        if t:
+            out[f"probe_{name}"], out[f"probe_{name}_low"], out[f"probe_{name}_high"] = (
+                t["difference"], t["low"], t["high"])
+            out[f"probe_{name}_p"] = t["p_value"]
     out["probe_accuracy_step0"], out["probe_accuracy_final"] = out.get("probe_mc_step0"), out.get("probe_mc_final")
     for (kind, name), score in last.benchmark_scores().items():
         base = first.benchmark(name, kind)

@@ -7,9 +7,13 @@ several times smaller than AdamW's, so "GaLore learns less and forgets less" wou
     lr_from: runs/optimizers/lr_choice.json                  # other sweeps: use the rates experiment 1 picked
 
 A pilot is the point's run with `train.lr` = its configured rate x a factor, cut to `steps` steps, evaluated once
-at its end on held-out conversation perplexity (assistant tokens). The lowest wins; `lr_choice.json` in the
-sweep's root keeps every pilot's figure (the sensitivity curve) and the pick, keyed by method label, so the
-other experiments can take the same rates (`lr_from`). Pilots run one after another in the sweep's process.
+at its end on the conversation perplexity (assistant tokens) of a validation slice carved from the training side
+(`data.evaluate_on: validation`): the pilot neither trains on it nor reads the report's test set, so selection
+never sees the conversations the report judges. The lowest wins; `lr_choice.json` in the sweep's root keeps every
+pilot's figure (the sensitivity curve), its retention (original-text perplexity and the retention benchmark,
+where the run evaluates them: the rate that learns most may be the one that forgets most) and the pick, keyed by
+method label, so the other experiments can take the same rates (`lr_from`). Pilots run one after another in the
+sweep's process.
 """
 from __future__ import annotations
 
@@ -46,9 +50,12 @@ class LRSearch:
         return cls([float(f) for f in factors], steps)
 
 
-def _pilot_overrides(steps: int) -> list[str]:
-    return [f"train.max_steps={steps}", "train.save_every=0", "eval.schedule=[]",
-            f"eval.final_suite={PILOT_SUITE}", f"eval.suites.{PILOT_SUITE}=[conversation_ppl]",
+def _pilot_overrides(steps: int, cfg) -> list[str]:
+    """Cut to `steps`, scored once at the end on the validation slice, with the run's retention evaluations."""
+    suite = ["conversation_ppl"] + (["original_ppl"] if cfg.eval.original is not None else []) \
+        + (["benchmarks"] if cfg.eval.benchmarks else [])
+    return [f"train.max_steps={steps}", "train.save_every=0", "eval.schedule=[]", "data.evaluate_on=validation",
+            f"eval.final_suite={PILOT_SUITE}", f"eval.suites.{PILOT_SUITE}=[{', '.join(suite)}]",
             "logging.tensorboard=false", "logging.progress=false"]
 
 
@@ -66,19 +73,21 @@ def pilots(sweep, search: LRSearch) -> list[dict]:
         for f in search.factors:
             lr = cfg.train.lr * f
             out.append({"point": point, "label": label, "lr": lr, "name": f"{point}-lr{lr:.3g}",
-                        "overrides": [*run.overrides, f"train.lr={lr!r}", *_pilot_overrides(search.steps)]})
+                        "overrides": [*run.overrides, f"train.lr={lr!r}", *_pilot_overrides(search.steps, cfg)]})
     return out
 
 
-def _pilot_figure(out: Path) -> float:
-    """The pilot's held-out conversation perplexity at its end (assistant tokens; all tokens where the data has
-    no assistant tokens); inf for a pilot that diverged or never evaluated."""
+def _pilot_figures(out: Path, benchmark: str) -> dict:
+    """The pilot's validation conversation perplexity at its end (assistant tokens; all tokens where the data
+    has no assistant tokens; inf for a pilot that diverged or never evaluated) and its retention figures."""
     evals = load_evals(out)
     if not evals:
-        return math.inf
+        return {"ppl": math.inf, "original_ppl": None, "retention": None}
     last = evals[-1]
     fig = last.perplexity("conversation_ppl", "assistant") or last.perplexity("conversation_ppl", "all")
-    return fig.ppl if fig is not None and math.isfinite(fig.ppl) else math.inf
+    orig = last.perplexity("original_ppl")
+    return {"ppl": fig.ppl if fig is not None and math.isfinite(fig.ppl) else math.inf,
+            "original_ppl": orig.ppl if orig is not None else None, "retention": last.retention(benchmark)[0]}
 
 
 def run_pilots(sweep, search: LRSearch, root: Path) -> dict:
@@ -92,8 +101,10 @@ def run_pilots(sweep, search: LRSearch, root: Path) -> dict:
                 run_training(load_config(sweep.base, p["overrides"]), out, resume=(out / "checkpoints").is_dir())
             except RunStopped as e:  # diverged at this rate: that is its result
                 print(f"[lr-search] {p['name']}: {e}", flush=True)
+        cfg = load_config(sweep.base, p["overrides"])
         entry = results.setdefault(p["label"], {"point": p["point"], "curve": []})
-        entry["curve"].append({"lr": p["lr"], "ppl": _pilot_figure(out), "run": str(out)})
+        entry["curve"].append({"lr": p["lr"], **_pilot_figures(out, cfg.eval.criteria.retention_benchmark),
+                               "run": str(out)})
     for entry in results.values():
         finite = [c for c in entry["curve"] if math.isfinite(c["ppl"])]
         if not finite:
@@ -101,7 +112,8 @@ def run_pilots(sweep, search: LRSearch, root: Path) -> dict:
         best = min(finite, key=lambda c: c["ppl"])
         entry["lr"] = best["lr"]
         entry["edge"] = best["lr"] in (min(c["lr"] for c in entry["curve"]), max(c["lr"] for c in entry["curve"]))
-    choice = {"steps": search.steps, "factors": search.factors, "metric": "conversation_ppl (assistant tokens)",
+    choice = {"steps": search.steps, "factors": search.factors,
+              "metric": "validation conversation_ppl (assistant tokens)",
               "methods": results, "by_label": {label: e["lr"] for label, e in results.items()}}
     (root / "lr_choice.json").write_text(json.dumps(choice, indent=2, default=str))
     return choice

@@ -18,9 +18,11 @@ from .verdicts import CRITERIA, criteria_labels, success_criteria
 LEARNING = ["method_label", "lr", "clipping", "replay_ratio", "conversations", "steps",
             "conversation_ppl_step0", "conversation_ppl_final", "conversation_ppl_change",
             "conversation_ppl_change_low", "conversation_ppl_change_high", "conversation_ppl_all_change",
-            "probe_verbatim_final", "probe_heldout_final", "probe_mc_verbatim_final", "probe_mc_step0",
-            "probe_mc_final",
             "adaptation_adapted", "adaptation_median_steps"]
+# Knowledge probes: held-out accuracy means something only beside its control (the same phrasings about another
+# subject) and chance; `probe_lift` is accuracy minus control per fact, its interval and p-value clustered by fact.
+PROBES = ["probe_chance", "probe_mc_verbatim_final", "probe_heldout_final", "probe_mc_step0", "probe_mc_final",
+          "probe_control_final", "probe_lift", "probe_lift_low", "probe_lift_high", "probe_lift_p"]
 FORGETTING = ["original_ppl_step0", "original_ppl_final", "original_ppl_change", "retention_benchmark",
               "retention_step0", "retention_final", "retention_delta_points", "retention_delta_low",
               "retention_delta_high", "retention_p_value", "retention_measurable"]
@@ -71,8 +73,17 @@ def write_report(run_dirs: list[str | Path], out: str | Path, experiment: str = 
 
     labels = criteria_labels(c)
     lines = [f"# {title or 'convlearn report'}", "", f"{len(runs)} runs: " + ", ".join(r["run"] for r in runs), ""]
-    for name, cols in (("Learning", LEARNING), ("Forgetting", FORGETTING), ("Cost", COST)):
+    tables = [("Learning", LEARNING), ("Knowledge probes", PROBES), ("Forgetting", FORGETTING), ("Cost", COST)]
+    for name, cols in tables:
+        if name == "Knowledge probes" and not any(r.get("probe_mc_final") is not None for r in runs):
+            continue
         lines += [f"## {name}", "", "| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        if name == "Knowledge probes":
+            lines[-2:-2] = ["Likelihood choice of the true answer among other facts' answers taught as often "
+                            "(`mc`), on the phrasings training asked (`verbatim`) and on held-out ones; `control`: "
+                            "the held-out phrasings about another subject; `lift` = held-out minus control, per "
+                            f"fact, with its {100 * c.confidence:g}% interval over facts and a sign-flip p-value. "
+                            "A fact is learned when the lift is above 0, not when accuracy is high.", ""]
         lines += [f"| {r['run']} | " + " | ".join(_cell(r.get(k)) for k in cols) + " |" for r in runs]
         lines.append("")
     if search:
@@ -109,11 +120,18 @@ def write_report(run_dirs: list[str | Path], out: str | Path, experiment: str = 
 
 def _lr_section(search: dict) -> list[str]:
     """Every method's pilots (the sensitivity curve) and the rate it trained with."""
-    lines = ["## Learning rates", "", f"Pilots of {search['steps']} steps per rate; the lowest held-out "
-             f"{search['metric']} at the pilot's end picks each method's rate (the `lr` column above).", "",
-             "| method | pilots: rate → perplexity | picked |", "|---|---|---|"]
+    lines = ["## Learning rates", "", f"Pilots of {search['steps']} steps per rate; the lowest "
+             f"{search['metric']} at the pilot's end picks each method's rate (the `lr` column above). The "
+             f"validation slice is carved from the training side: selection never reads the test set the tables "
+             f"above are scored on. Beside each pilot's perplexity: its original-text perplexity and retention "
+             f"benchmark score, where the run evaluates them.", "",
+             "| method | pilots: rate → perplexity (original ppl, retention) | picked |", "|---|---|---|"]
+
+    def point(c: dict) -> str:
+        extra = [f"{c[k]:.4g}" if c.get(k) is not None else "–" for k in ("original_ppl", "retention")]
+        return f"{c['lr']:.3g} → {c['ppl']:.4g}" + (f" ({', '.join(extra)})" if extra != ["–", "–"] else "")
     for label, m in search["methods"].items():
-        curve = ", ".join(f"{c['lr']:.3g} → {c['ppl']:.4g}" for c in sorted(m["curve"], key=lambda c: c["lr"]))
+        curve = ", ".join(point(c) for c in sorted(m["curve"], key=lambda c: c["lr"]))
         edge = " (at the grid's edge: widen the search)" if m.get("edge") else ""
         lines.append(f"| {label} | {curve} | **{m['lr']:.3g}**{edge} |")
     return lines + [""]

@@ -139,9 +139,14 @@ def decide(cfg: RunConfig, before: EvalRecord, after: EvalRecord, training: Trai
         else _unmeasured(configured, f"no paired per-question results of {name} for both models" if configured
                          else f"{name} is not in eval.benchmarks")
 
-    ch = accuracy_change(origin.probe_correct(), after.probe_correct(), n_boot, conf)
-    checks["probes"] = _drop(ch, g.probe_points, f"knowledge probes (held-out phrasings) drop in points vs "
-                                                 f"{origin_id}") if ch \
+    # clustered by fact: the phrasings of one fact are one piece of evidence (a fact lost counts once)
+    facts = after.probe_facts()
+    ch = accuracy_change(origin.probe_correct(), after.probe_correct(), n_boot, conf,
+                         clusters=facts if facts and facts == origin.probe_facts() else None)
+    control = after.probe_control()
+    checks["probes"] = _drop(ch, g.probe_points, f"knowledge probes (held-out phrasings, clustered by fact) drop "
+                                                 f"in points vs {origin_id}"
+                             + ("" if control is None else f"; mismatched-subject control {control:.2f}")) if ch \
         else _unmeasured(bool(e.probes), "no paired probe results for both models" if e.probes
                          else "eval.probes is null")
     return GateDecision.of(checks, _figures(before, after, name, origin if origin is not before else None))
@@ -182,5 +187,6 @@ def _figures(before: EvalRecord, after: EvalRecord, benchmark: str, origin: Eval
         ret, _, _ = rec.retention(benchmark)
         out[label] = {"conversation_ppl": conv.ppl if conv else None, "original_ppl": orig.ppl if orig else None,
                       "retention": ret, "probes_heldout": rec.probe("ll_accuracy", heldout=True),
+                      "probes_control": rec.probe_control(), "probes_lift": rec.probe_test("lift").get("difference"),
                       "probes": rec.probe("ll_accuracy")}
     return out
