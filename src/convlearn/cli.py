@@ -117,7 +117,7 @@ def _cmd_demo(args) -> int:
         run_live(args.out if args.out != "runs/demo" else "runs/live", quick=args.quick)
         return 0
     from .demos.offline import run_demo
-    run_demo(args.out, *((60, 30, 10) if args.quick else (400, 200, 60)))
+    run_demo(args.out, *((60, 30, 10) if args.quick else (400, 150, 40)), quick=args.quick)
     return 0
 
 

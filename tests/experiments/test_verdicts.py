@@ -1,5 +1,7 @@
 """Verdicts need evidence: each is decided by its interval (or test) against a bar read from the config, and each
 is run here on data that must make it fail, or leave it undecided."""
+import math
+
 import numpy as np
 import pytest
 
@@ -220,3 +222,26 @@ def test_a_gain_ratio_of_two_losses_is_no_pass():
     assert "+5.0%" in worse["figure"] and "+10.0%" in worse["figure"]
     better = hyp(np.log(0.80) + rng.normal(0, 0.01, 200), np.log(0.80))
     assert better["verdict"] == "pass", better
+
+
+def _per_sample(level: float, n: int = 60, seed: int = 0) -> dict:
+    import random
+    rng = random.Random(seed)
+    return {"ids": [f"c{i}" for i in range(n)], "nats_assistant": [10 * (level + rng.gauss(0, 0.3)) for _ in range(n)],
+            "tokens_assistant": [10] * n}
+
+
+def test_the_scaling_slope_interval_comes_from_the_shared_held_out_samples():
+    """Three sizes scored on the same 60 conversations: the t interval of a 3-point fit (1 degree of freedom)
+    straddles 0 whatever the data; the bootstrap over the shared conversations resolves a real fall, and says
+    fail when perplexity rises with data."""
+    sizes = [100.0, 300.0, 900.0]
+    falling = [_per_sample(4.0 - 0.1 * i, seed=i) for i in range(3)]
+    ppl = [math.exp(sum(f["nats_assistant"]) / sum(f["tokens_assistant"])) for f in falling]
+    t = stats.slope_interval(sizes, [p + 0.3 * (-1) ** i for i, p in enumerate(ppl)])
+    assert t["low"] < 0 < t["high"]  # the old interval: inconclusive
+    fit = stats.scaling_slope(sizes, falling)
+    assert fit["high"] < 0 and fit["samples"] == 60 and fit["n"] == 3 and fit["p_value"] < 0.05
+    rising = stats.scaling_slope(sizes, list(reversed(falling)))
+    assert rising["low"] > 0
+    assert stats.scaling_slope(sizes, [falling[0], falling[1], {**falling[2], "ids": ["x"] * 60}]) is None

@@ -105,9 +105,10 @@ def test_learn_trains_layerwise_galore_online_unless_the_config_says_otherwise(t
     assert (cfg.method.layerwise, cfg.train.batch_size, cfg.train.order) == (False, 8, "shuffled")
 
 
-def _record(conv_nats: list[float], orig_nats: list[float], mmlu: list[int], probes: list[int]):
+def _record(conv_nats: list[float], orig_nats: list[float], mmlu: list[int], probes: list[int],
+            facts: list | None = None):
     """An evaluation record as the gate's suites write it: per-sample nats (10 tokens each), per-question
-    retention results, held-out probe results."""
+    retention results, held-out probe results (and the fact each probe question asks about)."""
     from convlearn.eval.records import EvalRecord
     per = lambda nats, mask: {"ids": [f"s{i}" for i in range(len(nats))], f"nats_{mask}": nats,  # noqa: E731
                               f"tokens_{mask}": [10] * len(nats)}
@@ -115,7 +116,7 @@ def _record(conv_nats: list[float], orig_nats: list[float], mmlu: list[int], pro
         "conversation_ppl": {"per_sample": per(conv_nats, "assistant")},
         "original_ppl": {"per_sample": per(orig_nats, "all")},
         "benchmarks": {"mmlu": {"score": sum(mmlu) / len(mmlu), "correct": mmlu, "chance": 0.25}},
-        "probes": {"heldout": {"ll_correct": probes}}}})
+        "probes": {"heldout": {"ll_correct": probes, **({"fact": facts} if facts else {})}}}})
 
 
 def test_the_gate_bounds_forgetting_against_the_base_and_can_fail_each_check(tmp_path, tiny_models):
@@ -211,6 +212,27 @@ def test_probes_are_bounded_against_the_base_so_small_drops_cannot_add_up(tmp_pa
     assert decide(cfg, parent, cand, ok).checks["probes"].status == Status.PASS  # against the parent only
     probes = decide(cfg, parent, cand, ok, origin=base, origin_id="v0").checks["probes"]
     assert probes.status == Status.FAIL and probes.value == pytest.approx(6.0) and "vs v0" in probes.what
+
+
+def test_the_probe_check_counts_facts_not_phrasings(tmp_path, tiny_models):
+    """8 facts x 3 phrasings; the candidate forgets one fact in all its phrasings (-12.5 points). Resampling the 24
+    questions as independent puts the pessimistic end near 25 points, under a 30-point bound: promoted. The fact
+    is the unit (one of eight lost), and its interval reaches 37.5 points: blocked."""
+    from convlearn.learn.gate import decide
+    from convlearn.learn.records import Status, TrainingOutcome
+    cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], tmp_path / "live", learn={"gate": {
+        "probe_points": 30.0}}, eval={"probes": str(tmp_path / "p.jsonl")}))
+    ok = TrainingOutcome(steps_planned=5, resumed=False, steps=5, final_loss=1.0)
+    conv = [20.0 + i / 40 for i in range(40)]
+    facts = [f"probe-{f}" for f in range(8) for _ in range(3)]
+    after = [0, 0, 0] + [1] * 21
+    unclustered = decide(cfg, _record(conv, conv, [1, 0] * 50, [1] * 24),
+                         _record([n - 1 for n in conv], conv, [1, 0] * 50, after), ok).checks["probes"]
+    assert unclustered.status == Status.PASS and unclustered.judged < 30  # the old count of the evidence
+    clustered = decide(cfg, _record(conv, conv, [1, 0] * 50, [1] * 24, facts),
+                       _record([n - 1 for n in conv], conv, [1, 0] * 50, after, facts), ok).checks["probes"]
+    assert clustered.value == pytest.approx(12.5) and clustered.judged == pytest.approx(37.5)
+    assert clustered.status == Status.FAIL and "clustered by fact" in clustered.what
 
 
 def test_the_gate_cache_is_keyed_by_the_evaluation_settings(tmp_path, tiny_models, tokenizers):

@@ -4,6 +4,7 @@ taught to chat. Each is an ordinary `convlearn train` run whose last checkpoint 
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from ..train.checkpoint import MODEL_DIR, checkpoint_path
 # enough that a 1.5 M-parameter model learns them in a few minutes, so the retention benchmark built from them
 # is well above chance (tiny/base.yaml's replay and original-text evaluation read the same documents).
 PRETRAIN_DOCUMENTS = 600
+# The demos continue training at rates below this one (tiny/*.yaml): a base continued above its own pretraining
+# rate forgets by construction, and that would be the finding.
+PRETRAIN_LR = 0.003
 DOCSTRINGS = f"{{path: python-docstrings, format: text, limit: {PRETRAIN_DOCUMENTS}}}"
 
 
@@ -28,14 +32,14 @@ def tiny_twin(out: Path) -> Path:
 
 
 def _trained_folder(out: Path, folder: str, run: str, model: Path, steps: int, overrides: list[str]) -> Path:
-    """`out`/`folder`: `model` trained `steps` AdamW steps (batch 16, sequences of 128, lr 0.003) with
+    """`out`/`folder`: `model` trained `steps` AdamW steps (batch 16, sequences of 128, lr PRETRAIN_LR) with
     `overrides`, as a model folder with its tokenizer. Built once: an existing folder is returned as it is."""
     target = out / folder
     if (target / "config.json").is_file():
         return target
     cfg = load_config(None, [
         f"model.name={model}", f"data.cache_dir={out / 'cache'}", "render.max_seq_len=128", "method.name=adamw",
-        f"train.max_steps={steps}", "train.batch_size=16", "train.lr=0.003", "train.save_every=0",
+        f"train.max_steps={steps}", "train.batch_size=16", f"train.lr={PRETRAIN_LR}", "train.save_every=0",
         "eval.schedule=[]", "eval.final_suite=null", "logging.progress=false", "logging.tensorboard=false",
         *overrides])
     run_dir = out / run
@@ -48,11 +52,37 @@ def _trained_folder(out: Path, folder: str, run: str, model: Path, steps: int, o
     return target
 
 
+_ASK = ["What does {name} do?", "Can you explain {name} in Python?", "Tell me about {name}.",
+        "What is {name} for?"]
+
+
+def docstring_chats(out: Path, documents: int = PRETRAIN_DOCUMENTS) -> Path:
+    """`out`/docstring_chats.jsonl: one conversation per pretraining docstring (a user asks what the object does,
+    the assistant answers with the docstring's first paragraph), in convlearn's own format. Pretraining on them
+    teaches the base the chat format on its own text, so the later experiments measure learning the
+    conversations' content, not learning that turns exist (a base that never saw the template starts at
+    perplexity in the thousands, and most of its "learning" is the template)."""
+    from ..data.builtin import stdlib_docstrings
+    from ..data.records import Conversation, Message
+    path = out / "docstring_chats.jsonl"
+    rows = []
+    for i, d in enumerate(stdlib_docstrings()):
+        if i >= documents:
+            break
+        ask = _ASK[i % len(_ASK)].format(name=d["id"].rsplit(".", 1)[-1])
+        rows.append(Conversation(id=f"doc-chat-{i}", source="docstring-chats", language="en", meta={}, messages=[
+            Message("user", ask), Message("assistant", d["text"].split("\n\n")[0].strip())]).to_dict())
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def pretrain_base(out: Path, tiny: Path, steps: int, documents: int = PRETRAIN_DOCUMENTS) -> Path:
-    """The base model: the twin trained on docstrings with our own loop."""
+    """The base model: the twin trained with our own loop on docstrings (the original distribution) and on the
+    same docstrings as chats (the chat format), at PRETRAIN_LR."""
+    chats = docstring_chats(out, documents)
     return _trained_folder(out, "base", "pretrain", tiny, steps, [
-        f"data.sources=[{{path: python-docstrings, format: text, limit: {documents}}}]",
-        "data.heldout_fraction=0.1", "train.warmup_steps=20"])
+        f"data.sources=[{{path: python-docstrings, format: text, limit: {documents}}}, {{path: {chats}}}]",
+        "data.heldout_fraction=0.1", "train.warmup_steps=20", f"train.lr={PRETRAIN_LR}"])
 
 
 def chat_base(out: Path, docstring_base: Path, steps: int) -> Path:

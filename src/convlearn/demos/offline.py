@@ -1,68 +1,135 @@
-"""`convlearn demo`: the whole story offline on CPU, deterministic for its seed.
+"""`convlearn demo`: the research plan's four experiments at tiny scale, offline on CPU, deterministic for their
+seeds, each hypothesis judged with its interval.
 
-1. build a tiny Qwen2 twin; 2. pretrain it on Python docstrings (the "original distribution", so there is
-something to forget); 3. make knowledge probes (facts that appear nowhere else, with held-out phrasings) and the
-retention benchmark (continuations of the docstrings pretraining read, in HellaSwag's schema); 4. pick each
-method's learning rate with short pilots, then continue training with AdamW, LoRA, layer-wise GaLore and
-layer-wise GaLore + 10% replay on the same stream of chatterbot + probe conversations, evaluating at step 0 and
-at the end; 5. write the report (tables, plots, verdicts with intervals) and print its headline table.
+1. build a tiny Qwen2 twin; 2. pretrain it (at PRETRAIN_LR) on Python docstrings, the "original distribution"
+   there is to forget, and on the same docstrings as chats, so the base knows the chat format before it meets
+   conversations; 3. make knowledge probes (invented facts, distractors taught as often, held-out phrasings and a
+   mismatched-subject control) and the retention benchmark (docstring continuations in HellaSwag's schema);
+4. experiment 1 (optimizers): each method's rate picked by pilots scored on a validation slice of the training
+   side, every rate below the base's pretraining rate; then AdamW, LoRA and memory-optimised GaLore on the same
+   stream of chatterbot + probe conversations; 5. experiments 2-4 at the rate experiment 1 picked for GaLore:
+   data scaling (three sizes, one held-out set), online adaptation (a stream ordered by topic), replay (0 and
+   10%, two seeds each); 6. a report per experiment (tables, plots, verdicts) and `demo.md`: the four
+   hypotheses' verdicts and the probe figures beside their control.
+
+The experiments are the packaged `tiny/*.yaml` sweeps; the demo only shortens them (`_SHORTEN`).
 """
 from __future__ import annotations
 
+import csv
+import json
 import time
 from pathlib import Path
+
+import yaml
 
 from ..data.docstring_cloze import write_docstring_cloze
 from ..data.probes import write_probes
 from ..errors import UserError
-from ..experiments.report import headline_table, write_report
+from ..experiments.report import write_report
 from ..experiments.sweep import PACKAGED, load_sweep, run_sweep
 from .base import PRETRAIN_DOCUMENTS, pretrain_base, tiny_twin
 
+EXPERIMENTS = ("optimizers", "data_scaling", "online", "replay")
+# Experiment 1 at demo size: one point of each kind of method (the memory-optimised GaLore is the point whose rate
+# experiments 2-4 take).
+DEMO_METHODS = ("adamw", "lora-r16", "galore-r32-lw-proj")
 
-def run_demo(out: str | Path, pretrain_steps: int = 400, train_steps: int = 200, pilot_steps: int = 60) -> dict:
-    """The full demo (about 8 min on 2 cores); `convlearn demo --quick` shortens every phase for CI."""
+
+def _sweep_file(out: Path, name: str, sets: list[str], **extra) -> Path:
+    """The packaged tiny sweep `name`, based on the demo's base.yaml, with the demo's settings appended (last, so
+    they win over the experiment's own)."""
+    spec = {**yaml.safe_load((PACKAGED / "tiny" / f"{name}.yaml").read_text()), **extra}
+    spec["base"] = str(out / "base.yaml")
+    spec["set"] = spec.get("set", []) + sets
+    if spec.get("lr_from"):
+        spec["lr_from"] = str(out / "runs" / "optimizers" / "lr_choice.json")
+    path = out / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _run(out: Path, name: str, sets: list[str], **extra) -> dict:
+    sweep_file = _sweep_file(out, name, sets, **extra)
+    root = out / "runs" / name
+    result = run_sweep(sweep_file, root)
+    failed = {k: v for k, v in result["runs"].items() if v not in (0, "skipped")}
+    if failed:
+        raise UserError(f"demo {name} runs failed: {failed} (see {root}/<run>/train.log)")
+    sweep = load_sweep(sweep_file)
+    return write_report([root / r.name for r in sweep.runs], root / "report", sweep.experiment,
+                        f"convlearn demo, experiment {EXPERIMENTS.index(name) + 1} ({name}) at tiny scale",
+                        sweep.hypothesis, lr_choice=root / "lr_choice.json")
+
+
+def run_demo(out: str | Path, pretrain_steps: int = 400, train_steps: int = 150, pilot_steps: int = 40,
+             quick: bool = False) -> dict:
+    """The full demo (about 9 min on 2 cores); `quick` (`convlearn demo --quick`) shortens every phase for CI."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    print(f"[1/5] tiny Qwen2 twin -> {out / 'tiny-qwen2'}", flush=True)
+    print(f"[1/6] tiny Qwen2 twin -> {out / 'tiny-qwen2'}", flush=True)
     tiny = tiny_twin(out)
-    print(f"[2/5] pretraining it on Python docstrings ({pretrain_steps} steps) ...", flush=True)
+    print(f"[2/6] pretraining it on Python docstrings and docstring chats ({pretrain_steps} steps) ...", flush=True)
     pretrain_base(out, tiny, pretrain_steps)
-    print("[3/5] knowledge probes (with held-out phrasings) and the docstring retention benchmark ...", flush=True)
-    write_probes(out / "probes", n=12, seed=0, mentions=4)
-    quick = train_steps < 100  # the shortened (CI) demo also evaluates on less
+    print("[3/6] knowledge probes (distractors taught as often, held-out phrasings, a control) and the docstring "
+          "retention benchmark ...", flush=True)
+    write_probes(out / "probes", n=20, seed=0, mentions=4)
     write_docstring_cloze(out / "retention", questions=100 if quick else 400, documents=PRETRAIN_DOCUMENTS)
-    print(f"[4/5] learning-rate pilots ({pilot_steps} steps at 0.3x / 1x / 3x each method's rate), then continual "
-          f"training on chatterbot + probe conversations: AdamW, LoRA, layer-wise GaLore, layer-wise GaLore + 10% "
-          f"replay ({train_steps} steps each) ...", flush=True)
-    quick_evals = ", eval.heldout_samples=64, eval.original.limit=150" if quick else ""
-    sweep_file = out / "demo_sweep.yaml"
-    base_cfg = (PACKAGED / "tiny" / "base.yaml").read_text().replace("runs/demo/", f"{out}/")
-    (out / "base.yaml").write_text(base_cfg)
-    sweep_file.write_text(f"""name: demo
-experiment: optimizers
-hypothesis: GaLore learns like AdamW with LoRA-like memory
-base: base.yaml
-lr_search: {{factors: [0.3, 1, 3], steps: {pilot_steps}}}
-set: [train.max_steps={train_steps}, "data.cache_dir={out / 'cache'}", logging.tensorboard=false{quick_evals}]
-runs:
-  - {{name: adamw, set: [method.name=adamw, train.lr=0.003]}}
-  - {{name: lora-r16, set: [method.name=lora, method.lora_rank=16, method.lora_alpha=32, train.lr=0.01]}}
-  - {{name: galore-r32, set: [method.name=galore, method.rank=32, method.layerwise=true, train.lr=0.01]}}
-  - {{name: galore-r32-replay10, set: [method.name=galore, method.rank=32, method.layerwise=true, train.lr=0.01,
-                                      replay.ratio=0.1]}}
-""")
-    result = run_sweep(sweep_file, out / "runs")
-    failed = {k: v for k, v in result["runs"].items() if v not in (0, "skipped")}
-    if failed:
-        raise UserError(f"demo runs failed: {failed} (see {out / 'runs'}/<run>/train.log)")
-    print("[5/5] report ...", flush=True)
-    sweep = load_sweep(sweep_file)
-    summary = write_report([out / "runs" / r.name for r in sweep.runs], out / "report", "optimizers",
-                           "convlearn demo: continual learning of a tiny Qwen2 from conversations",
-                           sweep.hypothesis, lr_choice=out / "runs" / "lr_choice.json")
-    print(headline_table(summary, out / "report"))
-    print(f"report: {summary['report']} (plots and figures.csv beside it); done in "
+    (out / "base.yaml").write_text((PACKAGED / "tiny" / "base.yaml").read_text().replace("runs/demo/", f"{out}/"))
+    common = [f"data.cache_dir={out / 'cache'}", "logging.tensorboard=false"] + (
+        ["eval.heldout_samples=64", "eval.original.limit=150"] if quick else [])
+    grid = yaml.safe_load((PACKAGED / "tiny" / "optimizers.yaml").read_text())["grid"]
+    grid["method"] = [p for p in grid["method"] if p["name"] in DEMO_METHODS]
+    print(f"[4/6] experiment 1: learning-rate pilots ({pilot_steps} steps per rate, scored on a validation slice), "
+          f"then {', '.join(DEMO_METHODS)} ({train_steps} steps each) ...", flush=True)
+    reports = {"optimizers": _run(out, "optimizers", [*common, f"train.max_steps={train_steps}"], grid=grid,
+                                  lr_search={"factors": [0.3, 1, 3], "steps": pilot_steps})}
+    print("[5/6] experiments 2-4 at the rate experiment 1 picked: data scaling, online adaptation, replay ...",
+          flush=True)
+    # quick: the same sizes in fewer, larger steps; the online stream cut to its first topics
+    reports["data_scaling"] = _run(out, "data_scaling", common + (["train.batch_size=16"] if quick else []))
+    reports["online"] = _run(out, "online", common + (["data.max_conversations=300"] if quick else []))
+    grid = yaml.safe_load((PACKAGED / "tiny" / "replay.yaml").read_text())["grid"]
+    grid["replay"] = [p for p in grid["replay"] if p["name"] in ("r0", "r10")]
+    reports["replay"] = _run(out, "replay", [*common, f"train.max_steps={train_steps}"], grid=grid)
+    print("[6/6] reports ...", flush=True)
+    summary = demo_summary(out, reports)
+    (out / "demo.md").write_text(summary)
+    print(summary)
+    print(f"reports: {out / 'runs'}/<experiment>/report/report.md; this summary: {out / 'demo.md'}; done in "
           f"{time.perf_counter() - t0:.0f} s")
-    return summary
+    return {"reports": reports, "summary": str(out / "demo.md")}
+
+
+def demo_summary(out: Path, reports: dict) -> str:
+    """The four hypotheses' verdicts, and experiment 1's probe figures beside their control."""
+    lines = ["# convlearn demo: the four hypotheses at tiny scale", "",
+             "| experiment | hypothesis | verdict | figure |", "|---|---|---|---|"]
+    for name in EXPERIMENTS:
+        hyp = reports[name]["hypothesis"]
+        for point, v in hyp.get("verdicts", {}).items():
+            lines.append(f"| {EXPERIMENTS.index(name) + 1}. {name} ({point}) | {hyp.get('statement', '')} | "
+                         f"**{v['verdict']}** | {v['figure']} |")
+    lines += ["", "## Knowledge probes (experiment 1): accuracy beside its control", "",
+              "Likelihood choice of the true answer among other facts' answers taught as often, on phrasings no "
+              "conversation used; control: the same phrasings about another subject; lift: accuracy - control per "
+              "fact, with its interval over facts and a sign-flip p-value.", "",
+              "| run | chance | verbatim | held-out, step 0 | held-out, end | control | lift [interval] | p |",
+              "|---|---|---|---|---|---|---|---|"]
+    figures: dict = {}
+    with open(out / "runs" / "optimizers" / "report" / "figures.csv", newline="") as fh:
+        for run, key, value in list(csv.reader(fh))[1:]:
+            figures.setdefault(run, {})[key] = value
+    f = lambda v: "–" if v in (None, "") else f"{float(v):.2f}"  # noqa: E731
+    for run, fig in figures.items():
+        if "probe_mc_final" not in fig:
+            continue
+        lines.append(f"| {run} | {f(fig.get('probe_chance'))} | {f(fig.get('probe_mc_verbatim_final'))} | "
+                     f"{f(fig.get('probe_mc_step0'))} | {f(fig.get('probe_mc_final'))} | "
+                     f"{f(fig.get('probe_control_final'))} | {f(fig.get('probe_lift'))} "
+                     f"[{f(fig.get('probe_lift_low'))}, {f(fig.get('probe_lift_high'))}] | "
+                     f"{f(fig.get('probe_lift_p'))} |")
+    (out / "demo.json").write_text(json.dumps({k: r["hypothesis"] for k, r in reports.items()}, indent=1,
+                                              default=str))
+    return "\n".join(lines) + "\n"

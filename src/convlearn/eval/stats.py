@@ -248,3 +248,34 @@ def clustered_group_difference(a: list[float], a_clusters: list, b: list[float],
     stat = pooled[perms[:, :len(ma)]].mean(-1) - pooled[perms[:, len(ma):]].mean(-1)
     return {"difference": float(observed), "low": float(lo), "high": float(hi),
             "p_value": float(((stat >= observed - 1e-12).sum() + 1) / (draws + 1)), "clusters": [len(ma), len(mb)]}
+
+
+def scaling_slope(sizes: list[float], finals: list[dict], mask: str = "assistant", n_boot: int = 2000,
+                  confidence: float = 0.95, seed: int = 0) -> dict | None:
+    """Slope of final perplexity against ln(data size) over runs scored on the same held-out samples, with a
+    bootstrap interval resampling those samples (the same draw for every run). With three sizes a t interval on
+    the fit's residuals has one degree of freedom and is uninformative; the held-out conversations are where the
+    evaluation's noise is. Training noise (seeds) is not in it: the figure says so."""
+    if len(sizes) < 3 or any(f is None for f in finals):
+        return None
+    ids = finals[0].get("ids")
+    if not ids or any(f.get("ids") != ids for f in finals):
+        return None
+    nats = np.stack([np.asarray(f[f"nats_{mask}"], dtype=float) for f in finals])
+    toks = np.stack([np.asarray(f[f"tokens_{mask}"], dtype=float) for f in finals])
+    keep = toks.min(0) > 0
+    nats, toks = nats[:, keep], toks[:, keep]
+    x = np.log(np.asarray(sizes, dtype=float))
+    xc = x - x.mean()
+
+    def slope(sel):  # least squares of ppl on ln(size), one per resample (a row of sel: sample indices)
+        ppl = np.exp(nats[:, sel].sum(-1) / toks[:, sel].sum(-1))  # (runs, resamples)
+        return (xc[:, None] * (ppl - ppl.mean(0))).sum(0) / (xc ** 2).sum()
+    n = nats.shape[1]
+    boot = slope(_rng(seed).integers(0, n, (n_boot, n)))
+    point = float(slope(np.arange(n)[None, :])[0])
+    lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
+    ppl = np.exp(nats.sum(-1) / toks.sum(-1))
+    r2 = float(np.corrcoef(x, ppl)[0, 1] ** 2)
+    return {"slope": point, "low": float(lo), "high": float(hi), "r2": r2, "n": len(sizes), "samples": int(n),
+            "p_value": float((boot >= 0).mean())}

@@ -190,7 +190,15 @@ def data_scaling_hypothesis(runs: list[dict], c) -> dict:
     if len(pts) < 3:
         return {"statement": statement,
                 "verdicts": {"log_linear": verdict("not measured", "needs >= 3 data sizes with final perplexity")}}
-    fit = stats.slope_interval([float(x) for x, _ in pts], [y for _, y in pts], c.confidence)
+    sized = [r for r in runs if r.get("conversations") and r.get("_conversation_ppl_samples")]
+    fit = stats.scaling_slope([float(r["conversations"]) for r in sized],
+                              [r["_conversation_ppl_samples"][1] for r in sized], "assistant", c.bootstrap_samples,
+                              c.confidence) if len(sized) == len(pts) else None
+    source = (f"bootstrap over the {fit['samples']} held-out conversations every size is scored on (evaluation "
+              f"noise; one seed per size)") if fit else None
+    if fit is None:  # no shared per-sample losses: the t interval of the fit over the sizes themselves
+        fit = stats.slope_interval([float(x) for x, _ in pts], [y for _, y in pts], c.confidence)
+        source = f"t interval of the fit over {fit['n']} sizes"
     slope = against_bar(fit["slope"], fit["low"], fit["high"], 0.0, below=True)
     state = "fail" if slope == "fail" or fit["r2"] < c.scaling_r2 else slope
     retention = [_retention([r], c)["verdict"] for r in runs]
@@ -199,7 +207,8 @@ def data_scaling_hypothesis(runs: list[dict], c) -> dict:
     return {"statement": statement, "fit": fit,
             "verdicts": {"log_linear": verdict(state, f"slope {fit['slope']:.3g} [{fit['low']:.3g}, "
                                                       f"{fit['high']:.3g}] per ln(conversation), R² "
-                                                      f"{fit['r2']:.2f}, n={fit['n']}", (fit["low"], fit["high"]),
+                                                      f"{fit['r2']:.2f}, n={fit['n']} ({source})",
+                                               (fit["low"], fit["high"]),
                                                fit["p_value"]),
                          "bounded_forgetting": verdict(bounded, "per size: " + ", ".join(retention))}}
 
