@@ -1,6 +1,7 @@
 """The demos' base models, built once in the demo's folder: the tiny Qwen2 twin, the twin pretrained on Python's
-docstrings (the "original distribution", so there is something to forget), and for the live demo that base
-taught to chat. Each is an ordinary `convlearn train` run whose last checkpoint becomes a model folder.
+docstrings (the "original distribution", so there is something to forget) and on chats (the format and the
+register of conversation, from conversations the experiments never use), and for the live demo that base taught
+to chat more. Each is an ordinary `convlearn train` run whose last checkpoint becomes a model folder.
 """
 from __future__ import annotations
 
@@ -76,13 +77,31 @@ def docstring_chats(out: Path, documents: int = PRETRAIN_DOCUMENTS) -> Path:
     return path
 
 
+# The chatterbot topic the base learns to chat on; the experiments read every other topic (`split_chatterbot`).
+PRETRAIN_TOPIC = "tech_support.yml"
+
+
+def split_chatterbot(out: Path) -> tuple[Path, Path]:
+    """(`out`/chat-pretrain, `out`/chat): the chatterbot corpus split by topic file, the pretraining topic apart
+    from the topics the experiments learn, so what the base has seen is never what it is judged learning."""
+    from ..data.builtin import chatterbot_dir
+    seen, new = out / "chat-pretrain", out / "chat"
+    for folder in (seen, new):
+        folder.mkdir(parents=True, exist_ok=True)
+    for f in sorted(chatterbot_dir().glob("*.yml")):
+        shutil.copy(f, (seen if f.name == PRETRAIN_TOPIC else new) / f.name)
+    return seen, new
+
+
 def pretrain_base(out: Path, tiny: Path, steps: int, documents: int = PRETRAIN_DOCUMENTS) -> Path:
-    """The base model: the twin trained with our own loop on docstrings (the original distribution) and on the
-    same docstrings as chats (the chat format), at PRETRAIN_LR."""
+    """The base model: the twin trained with our own loop, at PRETRAIN_LR, on docstrings (the original
+    distribution), the same docstrings as chats and chatterbot's tech-support topic (the chat format and a
+    conversational register, so the experiments measure learning new conversations, not learning to chat)."""
     chats = docstring_chats(out, documents)
+    seen, _ = split_chatterbot(out)
     return _trained_folder(out, "base", "pretrain", tiny, steps, [
-        f"data.sources=[{{path: python-docstrings, format: text, limit: {documents}}}, {{path: {chats}}}]",
-        "data.heldout_fraction=0.1", "train.warmup_steps=20", f"train.lr={PRETRAIN_LR}"])
+        f"data.sources=[{{path: python-docstrings, format: text, limit: {documents}}}, {{path: {chats}}}, "
+        f"{{path: {seen}}}]", "data.heldout_fraction=0.1", "train.warmup_steps=20", f"train.lr={PRETRAIN_LR}"])
 
 
 def chat_base(out: Path, docstring_base: Path, steps: int) -> Path:

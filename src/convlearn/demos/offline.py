@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from pathlib import Path
 
@@ -67,6 +68,8 @@ def run_demo(out: str | Path, pretrain_steps: int = 400, train_steps: int = 150,
     """The full demo (about 9 min on 2 cores); `quick` (`convlearn demo --quick`) shortens every phase for CI."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # the pilots run in this process: their lm-eval progress bars would bury the demo's own lines
+    os.environ.setdefault("TQDM_DISABLE", "1")
     t0 = time.perf_counter()
     print(f"[1/6] tiny Qwen2 twin -> {out / 'tiny-qwen2'}", flush=True)
     tiny = tiny_twin(out)
