@@ -205,3 +205,27 @@ def test_eval_command_on_a_run_and_on_a_model(tmp_path, tiny_models):
               "render.max_seq_len=96", "--set", "data.heldout_fraction=0.1", "--set", "eval.heldout_samples=16")
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "m" / "evals" / "step-0.json").is_file()
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma2"])
+def test_chunked_eval_loss_equals_the_full_logits_loss(tiny_models, tokenizers, arch):
+    """Evaluation projects the final hidden states a chunk at a time (as training's chunked loss) instead of
+    building [batch, seq, vocabulary] logits; every sample's nats are those of the full logits."""
+    from datasets import Dataset
+    rng = np.random.default_rng(0)
+    vocab = tokenizers[arch].vocab_size
+    ids = [rng.integers(5, vocab, n).tolist() for n in (37, 23, 50, 9)]  # ragged: padding inside a batch
+    data = Dataset.from_dict({"input_ids": ids, "token_mask": [[0] * 3 + [1] * (len(x) - 3) for x in ids],
+                              "assistant_mask": [[i % 2 for i in range(len(x))] for x in ids],
+                              "token_bytes": [[3] * len(x) for x in ids]})
+    torch.manual_seed(0)
+    model = load_model(str(tiny_models[arch])).eval()
+    pad = tokenizers[arch].pad_token_id
+    full = sample_losses(model, data, pad, batch_size=3, chunk_tokens=0)
+    head_positions = []  # what the model's own head computes: one position per sample when chunked
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: head_positions.append(o.shape[1]))
+    chunked = sample_losses(model, data, pad, batch_size=3, chunk_tokens=7)  # chunks cross sample boundaries
+    hook.remove()
+    assert full["nats_all"].sum() > 0 and set(head_positions) == {1}
+    for key, values in full.items():
+        np.testing.assert_allclose(chunked[key], values, rtol=1e-6, atol=1e-6, err_msg=key)

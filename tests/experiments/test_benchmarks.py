@@ -83,3 +83,34 @@ def test_offline_without_a_local_copy_names_the_key(tiny_models, tokenizers, tmp
     prepared = prepare(cfg, tokenizers["qwen2"], model_spec(cfg.model.name), progress=False)
     with pytest.raises(UserError, match=r"eval.benchmarks\[0\].data_dir: the hub is offline"):
         RunEvaluator.for_run(cfg, tokenizers["qwen2"], model_spec(cfg.model.name), prepared, tmp_path)
+
+
+def test_a_group_keeps_per_question_results_from_every_leaf(bench, tiny_models, tokenizers, tmp_path):
+    """lm-eval logs samples per leaf task, none under a group's name: `mmlu` as lm-eval's own group (here over two
+    local subject tasks, listed out of order) still yields every question, in sorted leaf then doc order."""
+    import json
+
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from convlearn.eval.benchmarks import _task_figures
+    from convlearn.models import load_model
+    leaves = mmlu_tasks(bench["mmlu"], tmp_path / "work")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for leaf in leaves:  # JSON is YAML: the leaves' definitions as lm-eval resolved them
+        (tasks / f"{leaf['task']}.yaml").write_text(json.dumps(leaf))
+    (tasks / "mmlu.yaml").write_text(json.dumps({
+        "group": "mmlu", "task": [t["task"] for t in reversed(leaves)],
+        "aggregate_metric_list": [{"metric": "acc", "weight_by_size": True}]}))
+    model = load_model(str(tiny_models["qwen2"]))
+    lm = Benchmarks(eval_cfg(bench), tmp_path)._wrap(model, tokenizers["qwen2"])
+    res = lm_eval.simple_evaluate(model=lm, tasks=["mmlu"], num_fewshot=0, bootstrap_iters=0, log_samples=True,
+                                  task_manager=TaskManager(include_path=str(tasks), include_defaults=False))
+    assert "mmlu" not in res["samples"]  # the reason: nothing is logged under the group itself
+    fig = _task_figures(res, "mmlu", 0, None)
+    expected = [int(s["acc"]) for leaf in sorted(t["task"] for t in leaves)
+                for s in sorted(res["samples"][leaf], key=lambda s: s["doc_id"])]
+    assert fig["n"] == 6 and fig["correct"] == expected and len(expected) == 6
+    assert fig["chance"] == pytest.approx(0.25)
+    assert fig["score"] == pytest.approx(sum(expected) / 6)

@@ -245,3 +245,20 @@ def test_the_scaling_slope_interval_comes_from_the_shared_held_out_samples():
     rising = stats.scaling_slope(sizes, list(reversed(falling)))
     assert rising["low"] > 0
     assert stats.scaling_slope(sizes, [falling[0], falling[1], {**falling[2], "ids": ["x"] * 60}]) is None
+
+def test_retention_without_per_question_results_is_not_measured_never_a_zero_width_interval():
+    """An MMLU figure with no per-question results (lm-eval's `mmlu` group logs none under its own name) has a
+    point change but nothing to pair: the verdict is `not measured`, not `pass (-2.9 [-2.9, -2.9])`."""
+    from convlearn.experiments.figures import _retention
+    def record(step, score, correct):
+        fig = {"score": score, "metric": "acc,none", "n": 100, "chance": 0.25, "correct": correct}
+        return EvalRecord.from_json({"step": step, "evaluations": {"benchmarks": {"mmlu": fig}}})
+    empty = _retention([record(0, 0.60, []), record(10, 0.571, [])], CRITERIA)
+    assert empty["retention_delta_points"] == pytest.approx(-2.9) and "retention_delta_low" not in empty
+    paired = _retention([record(0, 0.60, [1] * 60 + [0] * 40), record(10, 0.58, [1] * 58 + [0] * 42)], CRITERIA)
+    assert paired["retention_delta_low"] < paired["retention_delta_high"]
+    v = success_criteria([run("adamw", "adamw", _steps=steps(100)), run("empty", **empty, _steps=steps(100)),
+                          run("paired", **paired, _steps=steps(100))], CRITERIA)
+    assert v["empty"]["retention"]["verdict"] == "not measured" and v["empty"]["retention"]["interval"] is None
+    assert "-2.9 points, no interval" in v["empty"]["retention"]["figure"]
+    assert v["paired"]["retention"]["verdict"] != "not measured" and v["paired"]["retention"]["interval"]

@@ -332,3 +332,64 @@ def test_export_refuses_a_damaged_checkpoint(runs, tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])
     res = cli_here("export", run, "--out", tmp_path / "x", "--step", "16")
     assert res.returncode == 2 and "fails verification" in res.stderr and not (tmp_path / "x").exists()
+
+
+class AllocatorPeak:
+    """A peak counter with the CUDA allocator's semantics (max since the last reset), fed by what the test
+    allocates; the loop's `peak` seam. CPU has no allocator counter to read."""
+
+    def __init__(self):
+        self.now = self.peak = 0
+        self.resets = 0
+
+    def hold(self, nbytes: int) -> None:
+        self.peak = max(self.peak, self.now + nbytes)
+
+    def read(self) -> int:
+        return self.peak
+
+    def reset(self) -> None:
+        self.peak, self.resets = self.now, self.resets + 1
+
+
+def test_training_peak_excludes_evaluation_and_the_eval_peak_is_recorded_apart(tmp_path, tiny_models):
+    """Each evaluation's memory (here 10x a step's, like full-vocabulary logits at step 0) is its own figure;
+    the step records, and the summary's peak_memory, hold training's peak alone."""
+    from convlearn.config import load_config
+    from convlearn.eval.suites import RunEvaluator, ScheduledEvaluator
+    from convlearn.train.build import build_trainer, set_up_run
+    cfg = load_config(run_config(tmp_path / "run.yaml", tiny_models["qwen2"], tmp_path / "cache",
+                                 method={"name": "adamw"}, train={"max_steps": 4},
+                                 eval={"schedule": [{"step": 0, "suite": "quick"}, {"step": 2, "suite": "quick"}]}))
+    setup = set_up_run(cfg, tmp_path / "run")
+    real = ScheduledEvaluator(RunEvaluator.for_run(cfg, setup.tokenizer, setup.spec, setup.prepared, setup.out),
+                              cfg.eval, 4)
+    peak = AllocatorPeak()
+
+    class Evaluating:  # the real evaluator; what it holds at once is noted on the peak counter
+        def due(self, step, last):
+            return real.due(step, last)
+
+        def run(self, step, model):
+            peak.hold(1000)
+            return real.run(step, model)
+    trainer = build_trainer(setup, Evaluating())
+    trainer.peak = peak
+    trainer.trainable.optimizer.register_step_post_hook(lambda *_: peak.hold(100))  # a step's own memory
+    summary = trainer.run()
+    assert [r["memory"]["cuda_peak_bytes"] for r in metrics(tmp_path / "run")] == [100] * 4
+    assert summary.peak_memory["cuda_peak_bytes"] == 100 and summary.eval_peak_bytes == 1000
+    assert peak.resets == 2 * 3  # before and after each of the three evaluations (steps 0, 2 and the last)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["eval_peak_bytes"] == 1000
+
+
+def test_without_cuda_no_peak_is_invented(tmp_path, tiny_models):
+    """On CPU the real counter reads None: no evaluation peak, and the training peak is counted instead."""
+    from convlearn.config import load_config
+    from convlearn.experiments.run import run_training
+    cfg = load_config(run_config(tmp_path / "run.yaml", tiny_models["qwen2"], tmp_path / "cache",
+                                 method={"name": "adamw"}, train={"max_steps": 2}))
+    summary = run_training(cfg, tmp_path / "run")
+    assert not torch.cuda.is_available() and summary.eval_peak_bytes is None
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["eval_peak_bytes"] is None
+    assert summary.peak_memory["activation_bytes_peak"] > 0

@@ -189,38 +189,55 @@ def _n(res: dict, task: str) -> int:
     return int(n.get("effective", n.get("original", 0)))
 
 
-def _per_question(samples: list[dict], metric: str) -> tuple[list[int], float | None]:
+def leaf_tasks(res: dict, name: str) -> list[str]:
+    """The leaf tasks under `name`, sorted: lm-eval logs samples per leaf (a group such as `mmlu` has none of
+    its own), and sorting fixes the order so two evaluations' per-question lists pair up."""
+    children = res.get("group_subtasks", {})
+    if name not in children:
+        return [name]
+    return sorted({leaf for child in children[name] for leaf in leaf_tasks(res, child)})
+
+
+def _per_question(samples: list[dict], metric: str) -> tuple[list[int], list[float | None]]:
     """Each question's score (1 right, 0 wrong; in doc order, so two evaluations of the same data pair up) and
-    the chance level (mean of 1 / choices over multiple-choice questions; None for generation tasks)."""
+    its chance level (1 / choices for multiple choice; None for generation)."""
     rows = sorted(samples, key=lambda s: s["doc_id"])
     key = metric.split(",")[0]
-    correct = [int(round(float(s[key]))) for s in rows if key in s]
-    choices = [len(s["arguments"]) for s in rows if len(s.get("arguments", [])) > 1]
-    return correct, (sum(1 / c for c in choices) / len(choices) if choices and len(choices) == len(rows) else None)
+    rows = [s for s in rows if key in s]
+    chances = [1 / len(s["arguments"]) if len(s.get("arguments", [])) > 1 else None for s in rows]
+    return [int(round(float(s[key]))) for s in rows], chances
+
+
+def _collect(res: dict, leaves: list[str], metric: str) -> tuple[list[int], float | None]:
+    """Per-question results over `leaves` in their order, then doc id, and the mean chance level (None unless
+    every question is multiple choice)."""
+    correct, chances = [], []
+    for leaf in leaves:
+        right, chance = _per_question(res.get("samples", {}).get(leaf, []), metric)
+        correct += right
+        chances += chance
+    return correct, (sum(chances) / len(chances) if chances and None not in chances else None)
 
 
 def _task_figures(res: dict, name: str, shots, limit) -> dict:
     metrics = {k: v for k, v in res["results"][name].items()
                if isinstance(v, (int, float)) and "stderr" not in k and k != "alias"}
     score = metrics.get(HEADLINE_METRIC[name])
-    n = _n(res, name)
-    correct, chance = _per_question(res.get("samples", {}).get(name, []), HEADLINE_METRIC[name])
+    leaves = leaf_tasks(res, name)
+    correct, chance = _collect(res, leaves, HEADLINE_METRIC[name])
+    n = sum(_n(res, leaf) for leaf in leaves)
     return {"score": score, "metric": HEADLINE_METRIC[name], "metrics": metrics, "n": n,
             "stderr": _binomial_se(score, n), "chance": chance, "correct": correct, "num_fewshot": shots,
             "limit": limit}
 
 
 def _aggregate_mmlu(res: dict, shots, per_subject) -> dict:
-    subjects, correct, chances = {}, [], []
-    for task in sorted(res["results"]):
-        if task.startswith("mmlu_"):
-            subjects[task.removeprefix("mmlu_")] = {"acc": res["results"][task]["acc,none"], "n": _n(res, task)}
-            right, chance = _per_question(res.get("samples", {}).get(task, []), "acc,none")
-            correct += right
-            chances += [chance] * len(right)
+    # the local subject tasks run without lm-eval's `mmlu` group: aggregate here, weighted by size as it does
+    leaves = sorted(t for t in res["results"] if t.startswith("mmlu_"))
+    subjects = {t.removeprefix("mmlu_"): {"acc": res["results"][t]["acc,none"], "n": _n(res, t)} for t in leaves}
+    correct, chance = _collect(res, leaves, "acc,none")
     n = sum(s["n"] for s in subjects.values())
     acc = sum(s["acc"] * s["n"] for s in subjects.values()) / n if n else float("nan")
-    chance = sum(chances) / len(chances) if chances and None not in chances else None
     return {"score": acc, "metric": "acc,none", "n": n, "stderr": _binomial_se(acc, n), "chance": chance,
             "correct": correct, "num_fewshot": shots, "subjects": subjects, "per_subject": per_subject}
 

@@ -13,15 +13,21 @@ import numpy as np
 import torch
 
 from ..data.batching import collate
+from ..train.batches import chunked_token_nats
+
+# the output head runs over this many tokens at a time: full logits of a batch (8 x 2048 tokens at Qwen's 152k
+# vocabulary, fp32) would be ~10 GB and set the run's peak memory; a chunk's are 1.2 GB
+EVAL_CHUNK_TOKENS = 2048
 
 FIELDS = ("nats_all", "tokens_all", "bytes_all", "nats_assistant", "tokens_assistant", "bytes_assistant")
 
 
 @torch.no_grad()
 def sample_losses(model, dataset, pad_id: int, batch_size: int = 8, limit: int | None = None,
-                  mask_column: str = "token_mask") -> dict[str, np.ndarray]:
+                  mask_column: str = "token_mask", chunk_tokens: int = EVAL_CHUNK_TOKENS) -> dict[str, np.ndarray]:
     """Per sample: summed next-token loss (nats), token and byte counts under `mask_column` (`_all`) and the
-    assistant mask (`_assistant`), for the first `limit` samples."""
+    assistant mask (`_assistant`), for the first `limit` samples. `chunk_tokens` <= 0: the model's own full
+    logits (the reference the chunked head is tested against)."""
     device = next(model.parameters()).device
     n = len(dataset) if limit is None else min(limit, len(dataset))
     rows = dataset.select(range(n)) if n < len(dataset) else dataset
@@ -34,11 +40,7 @@ def sample_losses(model, dataset, pad_id: int, batch_size: int = 8, limit: int |
         batch_rows = rows[idx]
         batch = collate(batch_rows["input_ids"], batch_rows[mask_column], pad_id)
         ids = batch["input_ids"].to(device)
-        logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(device)).logits[:, :-1]
-        # 2-D cross-entropy on contiguous rows: half the time of the (B, V, T) layout on CPU
-        nats = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                                 ids[:, 1:].reshape(-1), reduction="none")
-        nats = nats.view(ids.shape[0], -1).cpu()
+        nats = _token_nats(model, ids, batch["attention_mask"].to(device), chunk_tokens).view(ids.shape[0], -1).cpu()
         nbytes = _padded(batch_rows["token_bytes"], ids.shape[1])[:, 1:]
         masks = {"all": batch["loss_mask"][:, 1:]}
         if has_assistant:
@@ -50,6 +52,20 @@ def sample_losses(model, dataset, pad_id: int, batch_size: int = 8, limit: int |
             out[f"tokens_{name}"][idx] = m.sum(1).numpy()
             out[f"bytes_{name}"][idx] = (nbytes.double() * m).sum(1).numpy()
     return out
+
+
+def _token_nats(model, ids, attention_mask, chunk_tokens: int) -> torch.Tensor:
+    """Every position's next-token loss, flat; 2-D cross-entropy on contiguous rows (half the time of the
+    (B, V, T) layout on CPU)."""
+    targets = ids[:, 1:].reshape(-1)
+    if chunk_tokens <= 0:
+        logits = model(input_ids=ids, attention_mask=attention_mask).logits[:, :-1]
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets,
+                                                 reduction="none")
+    # as training's chunked loss: the final hidden states, one position's logits from the model's own head
+    out = model(input_ids=ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1)
+    hidden = out.hidden_states[-1][:, :-1]
+    return chunked_token_nats(hidden.reshape(-1, hidden.shape[-1]), targets, model, chunk_tokens)
 
 
 def _padded(lists, width: int) -> torch.Tensor:

@@ -70,7 +70,8 @@ def _memory(metrics: list[dict], summary: dict) -> dict:
     state = metrics[-1]["memory"].get("model_param_bytes", 0) + peak.get("grad_bytes_peak", 0) + \
         peak.get("optimizer_state_bytes", 0)
     out = {"training_state_bytes": state, "optimizer_state_bytes": peak.get("optimizer_state_bytes"),
-           "activation_bytes_peak": peak.get("activation_bytes_peak") or None}
+           "activation_bytes_peak": peak.get("activation_bytes_peak") or None,
+           "eval_peak_bytes": summary.get("eval_peak_bytes")}  # apart: never the method's peak
     if peak.get("cuda_peak_bytes"):
         out["peak_memory_bytes"], out["peak_memory_source"] = peak["cuda_peak_bytes"], "cuda max_memory_allocated"
     elif peak.get("activation_bytes_peak"):

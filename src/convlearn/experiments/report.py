@@ -28,7 +28,7 @@ FORGETTING = ["original_ppl_step0", "original_ppl_final", "original_ppl_change",
               "retention_delta_high", "retention_p_value", "retention_measurable"]
 COST = ["precision", "tokens", "tokens_per_s", "speed_vs_adamw", "speed_vs_adamw_low", "speed_vs_adamw_high",
         "peak_memory_bytes", "memory_vs_adamw", "training_state_bytes", "activation_bytes_peak",
-        "final_train_loss", "seed"]
+        "eval_peak_bytes", "final_train_loss", "seed"]
 
 
 def _cell(v) -> str:

@@ -42,13 +42,16 @@ def against_bar(estimate: float, low: float, high: float, bar: float, below: boo
 def pooled(runs: list[dict], key: str, low_key: str | None = None, high_key: str | None = None,
            confidence: float = 0.95) -> tuple[float, float, float, int] | None:
     """(estimate, low, high, n): one run's figure and its own interval, or the mean of several with a t
-    interval across them."""
+    interval across them. None when a single run's interval is asked for and absent (e.g. no per-question
+    results to pair): [v, v] would read as certainty, so the figure is not measured."""
     vals = [(r[key], r.get(low_key), r.get(high_key)) for r in runs if isinstance(r.get(key), (int, float))
             and math.isfinite(r[key])]
     if not vals:
         return None
     if len(vals) == 1:
         v, lo, hi = vals[0]
+        if low_key is not None and (lo is None or hi is None):
+            return None
         return (v, lo if lo is not None else v, hi if hi is not None else v, 1)
     xs = [v for v, _, _ in vals]
     mean, sd = statistics.fmean(xs), statistics.stdev(xs)
@@ -61,6 +64,8 @@ def _fmt(x: float, pct: bool = False) -> str:
 
 
 def _interval(p, pct: bool = False) -> str:
+    if p is None:
+        return "not measured (no interval)"
     est, lo, hi, n = p
     seeds = f", {n} seeds" if n > 1 else ""
     return f"{_fmt(est, pct)} [{_fmt(lo, pct)}, {_fmt(hi, pct)}{seeds}]"
@@ -101,7 +106,7 @@ def _learning(members: list[dict], c) -> dict:
     p = pooled(members, "conversation_ppl_change", "conversation_ppl_change_low", "conversation_ppl_change_high",
                c.confidence)
     if p is None:
-        return verdict("not measured", "no step-0 and final conversation perplexity")
+        return verdict("not measured", "no step-0 and final conversation perplexity (or no paired interval)")
     state = against_bar(p[0], p[1], p[2], c.conversation_ppl_change, below=True)
     alls = pooled(members, "conversation_ppl_all_change")
     extra = f"; all tokens {_fmt(alls[0], True)}" if alls else ""
@@ -120,6 +125,10 @@ def _retention(members: list[dict], c) -> dict:
                                          f"{r['retention_step0_p_vs_chance']:.2g}): no retention to lose",
                        p_value=r["retention_step0_p_vs_chance"])
     p = pooled(members, "retention_delta_points", "retention_delta_low", "retention_delta_high", c.confidence)
+    if p is None:
+        d = next(r["retention_delta_points"] for r in members if r.get("retention_delta_points") is not None)
+        return verdict("not measured", f"{d:+.1f} points, no interval: no per-question results to pair at step 0 "
+                                       f"and at the end")
     state = against_bar(p[0], p[1], p[2], -c.retention_points, below=False)
     pv = members[0].get("retention_p_value") if len(members) == 1 else None
     test = f"; McNemar p = {pv:.2g}" if pv is not None else ""

@@ -122,19 +122,31 @@ def token_losses(model, batch: dict, autocast=None, chunk_tokens: int = 0) -> tu
         return chunked_cross_entropy(hidden, targets, model, chunk_tokens), int(target_mask.sum())
 
 
-def _head_loss(hidden, targets, weight, bias, softcap):
+def _head_loss(hidden, targets, weight, bias, softcap, reduction: str = "sum"):
     logits = torch.nn.functional.linear(hidden, weight, bias).float()
     if softcap:  # Gemma-2 caps its final logits
         logits = torch.tanh(logits / softcap) * softcap
-    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    return torch.nn.functional.cross_entropy(logits, targets, reduction=reduction)
+
+
+def _head(model):
+    inner = getattr(model, "module", model)  # DDP
+    return inner.get_output_embeddings(), getattr(inner.config, "final_logit_softcapping", None)
+
+
+@torch.no_grad()
+def chunked_token_nats(hidden: torch.Tensor, targets: torch.Tensor, model, chunk_tokens: int) -> torch.Tensor:
+    """Each token's cross-entropy (fp32) of the output head over `hidden` [tokens, width], `chunk_tokens` at a
+    time: evaluation's counterpart of `chunked_cross_entropy` (no backward, so no checkpointing)."""
+    head, softcap = _head(model)
+    return torch.cat([_head_loss(hidden[i:i + chunk_tokens], targets[i:i + chunk_tokens], head.weight, head.bias,
+                                 softcap, "none") for i in range(0, hidden.shape[0], chunk_tokens)])
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, targets: torch.Tensor, model, chunk_tokens: int) -> torch.Tensor:
     """Sum of cross-entropy of the model's output head over `hidden` [tokens, width], `chunk_tokens` at a time
     with activation checkpointing per chunk (the head's weight gets the same gradient as unchunked)."""
-    inner = getattr(model, "module", model)  # DDP
-    head = inner.get_output_embeddings()
-    softcap = getattr(inner.config, "final_logit_softcapping", None)
+    head, softcap = _head(model)
     total = hidden.new_zeros((), dtype=torch.float32)
     for i in range(0, hidden.shape[0], chunk_tokens):
         total = total + checkpoint(_head_loss, hidden[i:i + chunk_tokens], targets[i:i + chunk_tokens],

@@ -27,7 +27,7 @@ from .distributed import Dist
 from .galore import state_bytes
 from .methods import Trainable
 from .summary import RunSummary
-from .telemetry import ActivationMeter, Telemetry, cuda_peak_bytes, tensor_bytes
+from .telemetry import ActivationMeter, CudaPeak, Telemetry, tensor_bytes
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
@@ -85,6 +85,7 @@ class Trainer:
         self.last_checkpoint, self.rolled_back = resume_from, False
         # activation memory: the allocator's peak on a GPU; measured from autograd's saved tensors on CPU
         self.activations = ActivationMeter(trainable.model.parameters()) if not device.startswith("cuda") else None
+        self.peak, self.eval_peak_bytes = CudaPeak(), None
         # Where this process's wall time goes (summary.json "time"): batches, forward/backward/step, evals,
         # checkpoints; the rest is logging and bookkeeping.
         self.timing = {"data": 0.0, "compute": 0.0, "eval": 0.0, "checkpoint": 0.0}
@@ -162,7 +163,7 @@ class Trainer:
                              "trainable_param_bytes": tensor_bytes(tr.trainable),
                              "grad_bytes_peak": grad_bytes, "optimizer_state_bytes": state_bytes(opt),
                              "activation_bytes_peak": self.activations.take_peak() if self.activations else None,
-                             "cuda_peak_bytes": cuda_peak_bytes()}}
+                             "cuda_peak_bytes": self.peak.read()}}
         domains = [d for b in micro for d in b["domains"]]
         record["data"] = {"epoch": self.stream.epoch, "pos": self.stream.pos,
                           "domain": Counter(domains).most_common(1)[0][0] if domains else None}
@@ -216,11 +217,16 @@ class Trainer:
         step = self.state["step"]
         if self.evaluator is not None and self.evaluator.due(step, last):
             self.model.eval()
+            self.peak.reset()  # the evaluation's own peak (the last step's record has read training's)
             # under the run's precision, as `convlearn eval` scores a saved checkpoint (bf16 compute in bf16-mixed)
             with torch.no_grad(), self.precision.autocast():
                 figures = self.evaluator.run(step, self.trainable.model)
             self.model.train()
-            self.telemetry.log_eval(step, figures)
+            peak = self.peak.read()
+            if peak is not None:
+                self.eval_peak_bytes = max(self.eval_peak_bytes or 0, peak)
+            self.peak.reset()  # training's peak counts from here, without this evaluation
+            self.telemetry.log_eval(step, {**figures, "eval_peak_bytes": peak})
         self.dist.barrier()
         self.timing["eval"] += time.perf_counter() - started
 
@@ -288,7 +294,8 @@ class Trainer:
             mean_step_tokens_per_s=(sum(r["tokens_per_s"] for r in records) / len(records)) if records else None,
             peak_memory={k: max((r["memory"][k] or 0) for r in records) for k in records[0]["memory"]}
             if records else {},
-            world_size=self.dist.world, precision=self.precision.mode, time=timing,
+            eval_peak_bytes=self.eval_peak_bytes, world_size=self.dist.world, precision=self.precision.mode,
+            time=timing,
             galore=records[-1]["galore"] if records and "galore" in records[-1] else None)
         if self.dist.main:
             (self.out / "summary.json").write_text(json.dumps(summary.to_json(), indent=2))

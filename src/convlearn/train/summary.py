@@ -17,10 +17,11 @@ class RunSummary:
     tokens_per_s: float | None     # this process's tokens over its wall time, scheduled evaluation left out
     throughput: dict               # tokens, train/eval seconds, per-step seconds and tokens
     mean_step_tokens_per_s: float | None
-    peak_memory: dict              # per memory figure of the step records, its maximum
+    peak_memory: dict              # per memory figure of the step records, its maximum (training only)
     world_size: int
     precision: str                 # the resolved mode: "fp32" | "bf16-mixed" | "bf16"
     time: dict                     # where the wall time went (data, compute, eval, checkpoint, other, wall)
+    eval_peak_bytes: int | None = None  # the scheduled evaluations' CUDA peak, apart from training's (None: CPU)
     galore: dict | None = None     # the optimizer's projector statistics at the last step, for GaLore methods
     # -- added by run_training (experiments/run.py) on the main process ---------------------------------------
     final_model: str | None = None

@@ -141,5 +141,14 @@ class ActivationMeter:
         return peak
 
 
-def cuda_peak_bytes() -> int | None:
-    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+class CudaPeak:
+    """The CUDA allocator's peak since the last reset (None without CUDA). The loop resets it around each
+    evaluation: step records then carry training's peak alone, and the evaluation's is recorded apart (its
+    step-0 pass would otherwise set every method's peak)."""
+
+    def read(self) -> int | None:
+        return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+
+    def reset(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
