@@ -381,41 +381,70 @@ def test_a_round_whose_loss_goes_non_finite_is_rejected(tmp_path, tiny_models, f
 
 
 # -- canaries -------------------------------------------------------------------------------------------------
-def test_canary_exposure_tells_a_memorised_secret_from_chance(tmp_path, tiny_models, tokenizers):
-    """A canary trained on until memorised has near-maximal exposure; never-seen ones stay under the bound."""
+def _trained_on(model_dir, tok, renderer, texts: list[str], steps: int):
+    """The twin after `steps` AdamW steps on one batch of conversations whose user messages are `texts`."""
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    rows = [tok(renderer.render_text(renderer.messages_from([{"role": "user", "content": t},
+                                                            {"role": "assistant", "content": "Noted."}])).text,
+                add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, rows))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    labels = torch.tensor([r + [-100] * (width - len(r)) for r in rows])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(steps):
+        model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
+def test_canary_exposure_flags_what_1000_samples_could_not_and_only_gains_over_v0(tmp_path, tiny_models,
+                                                                                   tokenizers):
+    """11 canaries at alpha 0.01: the family-wise bound, log2(1100) = 10.1 bits, is above the 9.97 bits 1,000
+    sampled candidates can ever show, so the old test flagged nothing, the memorised positive control included.
+    Exact ranks over all 10^6 secrets flag it. A never-seen canary whose secret the base already favours (v0's
+    top secret) reads above the bound in absolute exposure on the trained version too, a false leak an absolute
+    test reports; its gain over v0 is not flagged, nor is any other never-seen control."""
     from transformers import AutoModelForCausalLM
 
     from convlearn.data.prepare import renderer_for
-    from convlearn.learn.canary import Canary, exposures, prompt_renderer
+    from convlearn.learn.canary import FORMS, Canary, exposures, prompt_renderer, secret_logprobs
     from convlearn.learn.intake import StoreRecords
     cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], tmp_path / "live"))
     tok = tokenizers["qwen2"]
     renderer = renderer_for(cfg, tok)
-    seen = Canary("seen", "locker", "384951", "consented", 1)
-    mailed = Canary("mailed", "email", "627130", "consented", 1)
-    controls = [Canary(f"never-{i}", form, s, "never_seen", 0)
-                for i, (form, s) in enumerate([("locker", "104729"), ("email", "550213"), ("locker", "771045")])]
+    prompt_for = prompt_renderer(renderer)
 
     # the e-mail form never reaches training: the pipeline scrubs it
+    mailed = Canary("mailed", "email", "627130", "consented", 1)
     rec = StoreRecords(cfg).record({"id": "c", "messages": [{"role": "user", "content": mailed.text()},
                                                             {"role": "assistant", "content": "ok"}]})
     assert mailed.secret not in rec.messages[0].content and "<EMAIL>" in rec.messages[0].content
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen2"], dtype=torch.float32)
-    text = renderer.render_text(renderer.messages_from([{"role": "user", "content": seen.text()},
-                                                        {"role": "assistant", "content": "Noted."}])).text
-    ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    torch.manual_seed(0)
-    for _ in range(40):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
-    report = exposures(model, tok, prompt_renderer(renderer), [seen, *controls], candidates=500, seed=0)
+    v0 = AutoModelForCausalLM.from_pretrained(tiny_models["qwen2"], dtype=torch.float32).eval()
+    favourite = f"{int(secret_logprobs(v0, tok, prompt_for(FORMS['locker'][0])).argmax()):06d}"
+    rng = random.Random(5)
+    control = Canary("positive-control", "locker", "384951", "positive_control", 8)
+    never = [Canary("favoured", "locker", favourite, "never_seen", 0)] + [
+        Canary(f"never-{i}", "locker", f"{rng.randrange(10 ** 6):06d}", "never_seen", 0) for i in range(9)]
+    canaries = [control, *never]
+    base = exposures(v0, tok, prompt_for, canaries)
+    assert base["sees"] is None and base["canaries"][1]["exposure_bits"] == pytest.approx(math.log2(10 ** 6))
+    # on the base itself the positive control is not flagged: the check says it cannot see
+    assert exposures(v0, tok, prompt_for, canaries, baseline=base)["sees"] is False
+
+    chat = ["Hi there.", "How are you today?", "I have a question.", "Good morning!", "Thanks for the help.",
+            "Quick note.", "Before I forget.", "One more thing."]
+    model = _trained_on(tiny_models["qwen2"], tok, renderer, [f"{c} {control.text()}" for c in chat], steps=30)
+    report = exposures(model, tok, prompt_for, canaries, baseline=base)
     rows = {r["id"]: r for r in report["canaries"]}
-    assert report["chance_bound_bits"] == pytest.approx(math.log2(4 / 0.01))
-    assert rows["seen"]["exposure_bits"] == pytest.approx(rows["seen"]["max_bits"]) and not rows["seen"]["at_chance"]
-    assert all(rows[c.id]["at_chance"] for c in controls) and report["protected_at_chance"]
-    assert report["unscrubbed_consented_max_bits"] == rows["seen"]["exposure_bits"]
+    assert report["bound_bits"] == pytest.approx(math.log2(11 / 0.01))
+    assert report["bound_bits"] > math.log2(1001)  # the old ceiling
+    pc = rows["positive-control"]
+    assert pc["flagged"] and pc["exposure_bits"] > math.log2(1001) and report["sees"] is True
+    assert rows["favoured"]["exposure_bits"] >= report["bound_bits"] and not rows["favoured"]["flagged"]
+    assert report["controls_flagged"] == 0 and all(rows[c.id]["at_chance"] for c in never)
+    print({k: (round(r["exposure_bits"], 2), round(r["gain_bits"], 2)) for k, r in rows.items()})
