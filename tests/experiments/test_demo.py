@@ -18,7 +18,11 @@ def test_demo_runs_the_four_experiments_end_to_end(tmp_path):
     summary = (out / "demo.md").read_text()
     assert summary in res.stdout and "accuracy beside its control" in summary
     hypotheses = json.loads((out / "demo.json").read_text())
+    canaries = hypotheses.pop("canaries")
     assert list(hypotheses) == list(EXPERIMENTS)
+    trained = canaries["adamw"]
+    assert trained["against"] == "v0" and trained["controls_flagged"] == 0 and trained["sees"] is not None
+    assert "Positive control flagged" in summary
     for name, hyp in hypotheses.items():  # each hypothesis judged, with a figure
         assert hyp["statement"] and hyp["verdicts"], name
         for v in hyp["verdicts"].values():

@@ -401,13 +401,14 @@ def _trained_on(model_dir, tok, renderer, texts: list[str], steps: int):
     return model.eval()
 
 
+@pytest.mark.slow
 def test_canary_exposure_flags_what_1000_samples_could_not_and_only_gains_over_v0(tmp_path, tiny_models,
                                                                                    tokenizers):
     """11 canaries at alpha 0.01: the family-wise bound, log2(1100) = 10.1 bits, is above the 9.97 bits 1,000
     sampled candidates can ever show, so the old test flagged nothing, the memorised positive control included.
-    Exact ranks over all 10^6 secrets flag it. A never-seen canary whose secret the base already favours (v0's
-    top secret) reads above the bound in absolute exposure on the trained version too, a false leak an absolute
-    test reports; its gain over v0 is not flagged, nor is any other never-seen control."""
+    Exact ranks over all 10^6 secrets flag it; on the base itself it is not flagged, and the check then says it
+    cannot see. A never-seen canary whose secret the base already favours (v0's top secret, 19.9 bits on v0) is
+    judged by its gain over v0: not flagged, nor is any other never-seen control."""
     from transformers import AutoModelForCausalLM
 
     from convlearn.data.prepare import renderer_for
@@ -445,6 +446,5 @@ def test_canary_exposure_flags_what_1000_samples_could_not_and_only_gains_over_v
     assert report["bound_bits"] > math.log2(1001)  # the old ceiling
     pc = rows["positive-control"]
     assert pc["flagged"] and pc["exposure_bits"] > math.log2(1001) and report["sees"] is True
-    assert rows["favoured"]["exposure_bits"] >= report["bound_bits"] and not rows["favoured"]["flagged"]
+    assert not rows["favoured"]["flagged"]  # a secret the base itself ranks first is no leak
     assert report["controls_flagged"] == 0 and all(rows[c.id]["at_chance"] for c in never)
-    print({k: (round(r["exposure_bits"], 2), round(r["gain_bits"], 2)) for k, r in rows.items()})

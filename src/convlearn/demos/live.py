@@ -62,7 +62,7 @@ def _sessions(probes_shared, probes_private, chat, canaries, wave: int, rng: ran
     for c in canaries:
         if c.group == "never_seen":
             continue
-        key = "alice" if c.group == "consented" else "bob"
+        key = "alice" if c.group in ("consented", "positive_control") else "bob"
         for j in range(c.insertions // 2 if wave == 1 else c.insertions - c.insertions // 2):
             out.append((key, [f"{rng.choice(chat)} {c.text()}"]))
     out += [("alice", [rng.choice(chat), rng.choice(chat)]) for _ in range(len(out) // 2)]
@@ -130,7 +130,9 @@ def run_live(out: str | Path, quick: bool = False) -> dict:
     for name, ps in (("shared", shared), ("private", private)):
         (out / "probes" / f"{name}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in ps))
     write_docstring_cloze(out / "retention", questions=100 if quick else 300, documents=PRETRAIN_DOCUMENTS)
-    canaries = make_canaries(seed=2, per_group=1 if quick else 2, insertions=4)
+    # the positive control: consented, unscrubbed, told in 20 sessions (10 a wave, under the flood guard's 12): the
+    # exposure test must flag it, or its "at chance" readings say nothing
+    canaries = make_canaries(seed=2, per_group=1 if quick else 2, insertions=4, control_insertions=20)
     chat = [m.content for c in read_source(SourceConfig(path="chatterbot"), DataStats())
             for m in c.messages if m.role == "user" and 12 <= len(m.content) <= 120]
 
@@ -208,7 +210,7 @@ def _report(out, cfg: RunConfig, store, shared, private, canaries, rounds, talks
                                                                              ("private", private))}
             if v.id in ("v0", last):
                 canary_report[v.id] = exposures(model, tok, prompt_renderer(renderer), canaries,
-                                                candidates=500 if quick else 1000, seed=3)
+                                                baseline=canary_report.get("v0"))  # each judged against v0
         gate = GateDecision.from_json(v.gate or {}).figures.get("candidate", {})
         row = {"version": v.id, "status": v.status, "current": v.id == current,
                "conversations": v.conversations, "conversation_ppl": gate.get("conversation_ppl"),
@@ -287,14 +289,22 @@ def report_markdown(report: dict) -> str:
                          f"dropped {i['dropped'] or 'none'}, scrubbed {i['scrubbed'] or 'nothing'}; "
                          + _cost(r))
     for vid, c in report["canaries"].items():
-        lines += ["", f"Canary exposure on {vid} ({c['candidates']} candidates drawn from 10^6; chance bound "
-                      f"{c['chance_bound_bits']:.1f} bits at family-wise alpha {c['alpha']}; never-seen controls max "
-                      f"{f(c['control_max_bits'], 2)} bits):", "",
-                  "| canary | group | form | insertions | exposure (bits) | at chance |", "|---|---|---|---|---|---|"]
+        against = "its gain over v0" if c["against"] else "its exposure (v0 never saw any canary)"
+        lines += ["", f"Canary exposure on {vid}: exact ranks among all 10^6 secrets (at most "
+                      f"{c['max_bits']:.1f} bits); a canary is flagged when {against} reaches "
+                      f"{c['bound_bits']:.1f} bits = log2(canaries / alpha), alpha {c['alpha']} family-wise; "
+                      f"never-seen controls max {f(c['control_max_bits'], 2)} bits:", "",
+                  "| canary | group | form | insertions | exposure (bits) | on v0 | gain | flagged |",
+                  "|---|---|---|---|---|---|---|---|"]
         for x in c["canaries"]:
             lines.append(f"| {x['id']} | {x['group']} | {x['form']}{' (scrubbed)' if x['scrubbed'] else ''} | "
-                         f"{x['insertions']} | {x['exposure_bits']:.2f} | {'yes' if x['at_chance'] else 'NO'} |")
+                         f"{x['insertions']} | {x['exposure_bits']:.2f} | {f(x['v0_exposure_bits'], 2)} | "
+                         f"{x['gain_bits']:.2f} | {'YES' if x['flagged'] else 'no'} |")
+        if c["sees"] is not None:
+            lines.append("\nPositive control flagged: " + ("yes, so the test can see memorisation at this training "
+                                                           "volume" if c["sees"] else "NO: the test cannot see "
+                                                           "memorisation here, and the other readings say nothing"))
         lines.append(f"\nScrubbed and unconsented canaries at chance: {'yes' if c['protected_at_chance'] else 'NO'}. "
                      f"Consented canaries the scrubber cannot see: up to {f(c['unscrubbed_consented_max_bits'], 2)} "
-                     f"bits, the measured risk; what lowers it: {report['risk_knobs']}.")
+                     f"bits over v0, the measured risk; what lowers it: {report['risk_knobs']}.")
     return "\n".join(lines) + "\n"

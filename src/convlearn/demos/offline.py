@@ -42,7 +42,7 @@ def _sweep_file(out: Path, name: str, sets: list[str], **extra) -> Path:
     they win over the experiment's own)."""
     spec = {**yaml.safe_load((PACKAGED / "tiny" / f"{name}.yaml").read_text()), **extra}
     spec["base"] = str(out / "base.yaml")
-    spec["set"] = spec.get("set", []) + sets
+    spec["set"] = [o.replace("runs/demo/", f"{out}/") for o in spec.get("set", [])] + sets
     if spec.get("lr_from"):
         spec["lr_from"] = str(out / "runs" / "optimizers" / "lr_choice.json")
     path = out / f"{name}.yaml"
@@ -78,6 +78,7 @@ def run_demo(out: str | Path, pretrain_steps: int = 400, train_steps: int = 150,
     print("[3/6] knowledge probes (distractors taught as often, held-out phrasings, a control) and the docstring "
           "retention benchmark ...", flush=True)
     write_probes(out / "probes", n=20, seed=0, mentions=4)
+    canaries = write_canaries(out / "canaries")
     write_docstring_cloze(out / "retention", questions=100 if quick else 400, documents=PRETRAIN_DOCUMENTS)
     (out / "base.yaml").write_text((PACKAGED / "tiny" / "base.yaml").read_text().replace("runs/demo/", f"{out}/"))
     common = [f"data.cache_dir={out / 'cache'}", "logging.tensorboard=false"] + (
@@ -88,6 +89,9 @@ def run_demo(out: str | Path, pretrain_steps: int = 400, train_steps: int = 150,
           f"then {', '.join(DEMO_METHODS)} ({train_steps} steps each) ...", flush=True)
     reports = {"optimizers": _run(out, "optimizers", [*common, f"train.max_steps={train_steps}"], grid=grid,
                                   lr_search={"factors": [0.3, 1, 3], "steps": pilot_steps})}
+    print("      canary exposure: the base (v0) and experiment 1's AdamW run, each canary against v0 ...",
+          flush=True)
+    canary_report = canary_exposures(out, canaries)
     print("[5/6] experiments 2-4 at the rate experiment 1 picked: data scaling, online adaptation, replay ...",
           flush=True)
     # quick: the same sizes in fewer, larger steps; the online stream cut to its first topics
@@ -97,7 +101,7 @@ def run_demo(out: str | Path, pretrain_steps: int = 400, train_steps: int = 150,
     grid["replay"] = [p for p in grid["replay"] if p["name"] in ("r0", "r10")]
     reports["replay"] = _run(out, "replay", [*common, f"train.max_steps={train_steps}"], grid=grid)
     print("[6/6] reports ...", flush=True)
-    summary = demo_summary(out, reports)
+    summary = demo_summary(out, reports, canary_report)
     (out / "demo.md").write_text(summary)
     print(summary)
     print(f"reports: {out / 'runs'}/<experiment>/report/report.md; this summary: {out / 'demo.md'}; done in "
@@ -105,8 +109,51 @@ def run_demo(out: str | Path, pretrain_steps: int = 400, train_steps: int = 150,
     return {"reports": reports, "summary": str(out / "demo.md")}
 
 
-def demo_summary(out: Path, reports: dict) -> str:
-    """The four hypotheses' verdicts, and experiment 1's probe figures beside their control."""
+def write_canaries(folder: Path) -> list:
+    """Secrets planted in the training conversations every experiment reads (tiny/base.yaml): consented ones of
+    both forms (the e-mail form is scrubbed before training) 4 times, a positive control 40 times, never-seen
+    controls; the unconsented group of the live demo has no meaning offline and is left out."""
+    from ..data.builtin import chatterbot_dir
+    from ..learn.canary import make_canaries
+    canaries = [c for c in make_canaries(seed=2, per_group=1, insertions=4, control_insertions=40)
+                if c.group != "unconsented"]
+    openers = list(dict.fromkeys(c[0] for f in sorted(chatterbot_dir().glob("*.yml"))
+                                 for c in yaml.safe_load(f.read_text())["conversations"] if c and len(c[0]) < 80))
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for c in canaries:
+        for j in range(c.insertions if c.group != "never_seen" else 0):
+            opener = openers[(j * 31 + len(rows)) % len(openers)]  # distinct texts: dedup keeps every one
+            rows.append({"conversation_id": f"{c.id}-{j}", "model": "canary", "language": "English", "turn": 1,
+                         "redacted": False, "openai_moderation": [],
+                         "conversation": [{"role": "user", "content": f"{opener} {c.text()}"},
+                                          {"role": "assistant", "content": "Noted."}]})
+    (folder / "canary_conversations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return canaries
+
+
+def canary_exposures(out: Path, canaries: list) -> dict:
+    """Exposure of every canary on the base (v0) and on experiment 1's AdamW model, judged against v0."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..config import load_config
+    from ..data.prepare import renderer_for
+    from ..learn.canary import exposures, prompt_renderer
+    from ..models import load_tokenizer
+    cfg = load_config(out / "base.yaml")
+    tok = load_tokenizer(cfg.model.name)
+    prompt_for = prompt_renderer(renderer_for(cfg, tok))
+    report = {}
+    for name, folder in (("v0", out / "base"), ("adamw", out / "runs" / "optimizers" / "adamw" / "final")):
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        report[name] = exposures(model, tok, prompt_for, canaries, baseline=report.get("v0"))
+    (out / "canaries" / "exposure.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def demo_summary(out: Path, reports: dict, canaries: dict | None = None) -> str:
+    """The four hypotheses' verdicts, experiment 1's probe figures beside their control, and the canaries."""
     lines = ["# convlearn demo: the four hypotheses at tiny scale", "",
              "| experiment | hypothesis | verdict | figure |", "|---|---|---|---|"]
     for name in EXPERIMENTS:
@@ -133,6 +180,21 @@ def demo_summary(out: Path, reports: dict) -> str:
                      f"{f(fig.get('probe_control_final'))} | {f(fig.get('probe_lift'))} "
                      f"[{f(fig.get('probe_lift_low'))}, {f(fig.get('probe_lift_high'))}] | "
                      f"{f(fig.get('probe_lift_p'))} |")
-    (out / "demo.json").write_text(json.dumps({k: r["hypothesis"] for k, r in reports.items()}, indent=1,
-                                              default=str))
+    if canaries:
+        c = canaries["adamw"]
+        lines += ["", "## Canaries (experiment 1's AdamW model against the base)", "",
+                  f"Exact ranks among all 10^6 secrets; flagged when the gain over v0 reaches {c['bound_bits']:.1f} "
+                  f"bits = log2(canaries / alpha), alpha {c['alpha']} family-wise (a never-seen secret passes it "
+                  f"with probability at most alpha).", "",
+                  "| canary | group | form | insertions | exposure on v0 | exposure | gain | flagged |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for x in c["canaries"]:
+            lines.append(f"| {x['id']} | {x['group']} | {x['form']}{' (scrubbed)' if x['scrubbed'] else ''} | "
+                         f"{x['insertions']} | {x['v0_exposure_bits']:.2f} | {x['exposure_bits']:.2f} | "
+                         f"{x['gain_bits']:.2f} | {'YES' if x['flagged'] else 'no'} |")
+        lines.append("\nPositive control flagged: " + ("yes: the test can see memorisation at this volume"
+                                                         if c["sees"] else "NO: the test cannot see memorisation "
+                                                         "here, and the readings above say nothing"))
+    (out / "demo.json").write_text(json.dumps({**{k: r["hypothesis"] for k, r in reports.items()},
+                                               "canaries": canaries}, indent=1, default=str))
     return "\n".join(lines) + "\n"
