@@ -45,6 +45,8 @@ def run_figures(run_dir: str | Path) -> dict:
            "rank": method.rank, "clipping": _clipping(cfg), "lr": cfg.train.lr,
            "precision": summary.get("precision"),
            "replay_ratio": cfg.replay.ratio, "conversations": cfg.data.max_conversations, "seed": cfg.seed,
+           # what memory and throughput are per: a micro-batch of batch_size sequences of max_seq_len tokens
+           "micro_batch": [cfg.train.batch_size, cfg.render.max_seq_len, cfg.render.pack],
            "model": cfg.model.name, "steps": summary.get("steps", len(metrics)),
            "tokens": summary.get("tokens"), "tokens_per_s": summary.get("tokens_per_s"),
            "final_train_loss": summary.get("final_loss"), "finished": bool(summary), "_criteria": c}

@@ -94,8 +94,13 @@ def success_criteria(runs: list[dict], c) -> dict[str, dict]:
     for point in dict.fromkeys(r["point"] for r in runs):
         members = [r for r in runs if r["point"] == point]
         v = {"conversation_ppl": _learning(members, c), "retention": _retention(members, c)}
+        unmatched = [r["micro_batch"] for r in adamw if r.get("micro_batch") != members[0].get("micro_batch")]
         if is_reference(members[0], "full"):
             v["memory"] = v["speed"] = verdict("reference", "AdamW is the baseline")
+        elif unmatched:  # activations scale with the micro-batch: a different one alone moves both figures
+            v["memory"] = v["speed"] = verdict(
+                "not comparable", f"micro-batch (sequences, tokens, packed) {members[0].get('micro_batch')} "
+                                  f"against AdamW's {unmatched[0]}: compare at matched micro-batches")
         else:
             v["memory"], v["speed"] = _memory(members, c), _speed(members, c)
         out[point] = v
@@ -144,12 +149,19 @@ def _memory(members: list[dict], c) -> dict:
     return verdict(state, f"{p[0]:.3g} of AdamW's peak ({source}; no sampling noise)")
 
 
+ONE_RUN = "one run on this machine, not a comparison"
+
+
 def _speed(members: list[dict], c) -> dict:
+    """Runs of a sweep go one after another: load that changes between them is in no interval over one run's
+    steps (a rerun flipped GaLore's verdict from pass to fail). So the figure is shown, labelled, and judged
+    nowhere; benchmarks/speed.py measures the comparison in interleaved rounds."""
     p = pooled(members, "speed_vs_adamw", "speed_vs_adamw_low", "speed_vs_adamw_high", c.confidence)
     if p is None:
         return verdict("not measured", "no AdamW run to compare with")
-    state = against_bar(p[0], p[1], p[2], c.speed_ratio, below=False)
-    return verdict(state, f"{_interval(p)} of AdamW's tokens per training second", (p[1], p[2]))
+    return verdict(ONE_RUN, f"{_interval(p)} of AdamW's tokens per training second (an interval over steps of "
+                            f"one run each, run one after another; the comparison: benchmarks/speed.py, "
+                            f"interleaved)", (p[1], p[2]))
 
 
 # -- each experiment's hypothesis ------------------------------------------------------------------------
@@ -232,14 +244,16 @@ def online_hypothesis(runs: list[dict], c) -> dict:
                  f"{100 * c.adaptation_level:g}% of it is <= {c.adaptation_steps}")
     if not switches:
         return {"statement": statement, "verdicts": {"adaptation": verdict("not measured", "no topic switch")}}
-    ok = len(adapted) * 2 > len(switches) and steps and statistics.median(steps) <= c.adaptation_steps
-    # a binomial interval for the share of topics that adapted
+    # a binomial interval for the share of topics that adapted: a majority holds only on its low end
     share = scipy_stats.binomtest(len(adapted), len(switches)).proportion_ci(c.confidence)
+    fast = bool(steps) and statistics.median(steps) <= c.adaptation_steps
+    state = "pass" if share.low > 0.5 and fast else "fail" if share.high < 0.5 or (steps and not fast) \
+        else "inconclusive"
     figure = (f"{len(adapted)} of {len(switches)} switches adapted (share [{share.low:.2f}, {share.high:.2f}])"
               + (f", median {statistics.median(steps):.0f} steps to {100 * c.adaptation_level:g}%" if steps else
                  "; none beyond noise and control: not adapted"))
     return {"statement": statement,
-            "verdicts": {"adaptation": verdict("pass" if ok else "fail", figure, (share.low, share.high))}}
+            "verdicts": {"adaptation": verdict(state, figure, (share.low, share.high))}}
 
 
 def replay_hypothesis(runs: list[dict], c) -> dict:
@@ -247,8 +261,16 @@ def replay_hypothesis(runs: list[dict], c) -> dict:
     or with one seed per arm a paired bootstrap over the original-text documents (evaluation noise only)."""
     statement = (f"10% replay significantly reduces forgetting (original-distribution perplexity increase), at "
                  f"{100 * (1 - c.confidence):g}% significance")
+    # the two arms differ in the replay ratio only: the same method, rate and data (seeds vary within an arm)
+    def setting(r):
+        return (r.get("method_label"), r.get("lr"), r.get("conversations"), r.get("micro_batch"))
     arms = {ratio: [r for r in runs if r.get("replay_ratio") == ratio and r.get("original_ppl_change") is not None]
             for ratio in (0.0, 0.1)}
+    settings = {setting(r) for arm in arms.values() for r in arm}
+    if len(settings) > 1:
+        return {"statement": statement, "verdicts": {"replay_10": verdict(
+            "not measured", f"the arms differ in more than the replay ratio ({len(settings)} settings of method, "
+                            f"rate, data and micro-batch): nothing to pair")}}
     if not arms[0.0] or not arms[0.1]:
         return {"statement": statement, "verdicts": {
             "replay_10": verdict("not measured", "needs replay 0% and 10% runs with original perplexity")}}
