@@ -1,5 +1,6 @@
 """Verdicts need evidence: each is decided by its interval (or test) against a bar read from the config, and each
 is run here on data that must make it fail, or leave it undecided."""
+import dataclasses
 import math
 
 import numpy as np
@@ -184,12 +185,13 @@ def _metrics(topics, per_topic_steps=150):
 def test_online_adaptation_needs_more_than_noise_and_drift():
     """Flat loss + 0.005-nat noise over 8 topics used to pass (median 450 steps); now: not adapted, fail."""
     rng = np.random.default_rng(0)
+    PHASES_150 = dataclasses.replace(CRITERIA, adaptation_steps=50)  # phases of 150 steps: judged at <= 50
     topics = [f"t{i}" for i in range(8)]
     n_evals = 8 * 3 + 1
     flat = {t: list(3.0 + rng.normal(0, 0.005, n_evals)) for t in topics}
     result = adaptation(_metrics(topics), _records(flat), [0.5, 0.9])
     assert result["adapted"] == 0 and all(s["steps_to_90"] is None for s in result["switches"])
-    verdict = online_hypothesis([{"adaptation": result}], CRITERIA)["verdicts"]["adaptation"]
+    verdict = online_hypothesis([{"adaptation": result}], PHASES_150)["verdicts"]["adaptation"]
     assert verdict["verdict"] == "fail" and "not adapted" in verdict["figure"]
     # each topic's loss falls by 0.3 nats during its own phase and stays: adapted, within the steps
     learned = {}
@@ -197,7 +199,7 @@ def test_online_adaptation_needs_more_than_noise_and_drift():
         start = 3 * i  # the eval index at the topic's phase start
         learned[t] = [3.0 if k <= start else 2.7 for k in range(n_evals)]
     good = adaptation(_metrics(topics), _records(learned), [0.5, 0.9])
-    assert good["adapted"] == 7 and online_hypothesis([{"adaptation": good}], CRITERIA)["verdicts"][
+    assert good["adapted"] == 7 and online_hypothesis([{"adaptation": good}], PHASES_150)["verdicts"][
         "adaptation"]["verdict"] == "pass"
     # every topic's loss falls steadily the whole run (generic learning, not adaptation): the control catches it
     drift = {t: [3.0 - 0.02 * k for k in range(n_evals)] for t in topics}
@@ -294,3 +296,14 @@ def test_retention_without_per_question_results_is_not_measured_never_a_zero_wid
     assert v["empty"]["retention"]["verdict"] == "not measured" and v["empty"]["retention"]["interval"] is None
     assert "-2.9 points, no interval" in v["empty"]["retention"]["figure"]
     assert v["paired"]["retention"]["verdict"] != "not measured" and v["paired"]["retention"]["interval"]
+
+
+def test_the_online_verdict_does_not_lean_on_the_phase_length():
+    """Every topic 'adapts' within 1,000 steps of a 1,250-step phase: automatic, so not judged; phases of 3,000+
+    steps are."""
+    short = [{"adapted": True, "steps_to_90": 900, "step": 1250 * i, "phase_end": 1250 * (i + 1)} for i in range(8)]
+    v = online_hypothesis([{"adaptation": {"switches": short}}], CRITERIA)["verdicts"]["adaptation"]
+    assert v["verdict"] == "not measured" and "8 shorter" in v["figure"]
+    long = [{"adapted": True, "steps_to_90": 900, "step": 4000 * i, "phase_end": 4000 * (i + 1)} for i in range(8)]
+    assert online_hypothesis([{"adaptation": {"switches": long}}], CRITERIA)["verdicts"]["adaptation"][
+        "verdict"] == "pass"
