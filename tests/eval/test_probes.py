@@ -9,6 +9,7 @@ import pytest
 from tests.helpers import cli, run_config
 
 from convlearn.data.probes import make_probes, write_probes
+from convlearn.errors import UserError
 from convlearn.eval.stats import above_chance, clustered_difference, clustered_group_difference
 
 
@@ -27,7 +28,7 @@ def test_probe_phrasings_distractors_and_controls():
                    for d in p["distractors"])
         other = next(q for q in probes if q["subject"] == p["control_subject"])
         assert other["kind"] == p["kind"] and other["id"] != p["id"]
-    with pytest.raises(ValueError, match="two facts of each kind"):
+    with pytest.raises(UserError, match="two facts of each kind"):
         make_probes(n=4)
 
 

@@ -167,8 +167,10 @@ def demo_assets(tmp_path_factory, tiny_models):
     from convlearn.data.probes import write_probes
     from convlearn.demos.base import pretrain_base
     root = tmp_path_factory.mktemp("demo-assets")
+    from convlearn.demos.offline import write_canaries
     pretrain_base(root, tiny_models["qwen2"], steps=5)
-    write_probes(root / "probes", n=4, seed=0, mentions=2)
+    write_probes(root / "probes", n=10, seed=0, mentions=2)
+    write_canaries(root / "canaries")
     write_docstring_cloze(root / "retention", questions=40, documents=600)
     return root
 

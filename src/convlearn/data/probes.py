@@ -20,6 +20,8 @@ import json
 import random
 from pathlib import Path
 
+from ..errors import UserError
+
 _SYLLABLES = ["zor", "quil", "bran", "vex", "tal", "mori", "kesh", "lun", "dra", "pell", "ost", "yar", "fen",
               "gri", "sol", "wix", "ubr", "nal", "thei", "cav"]
 _KINDS = [
@@ -92,7 +94,7 @@ def make_probes(n: int = 20, seed: int = 0, mentions: int = 4, distractors: int 
     are distinct within a value kind (two facts with one answer would make each other's distractor correct)."""
     table = [k for k in _KINDS if k[0] in kinds]
     if len(table) != len(set(kinds)) or n < 2 * len(table):
-        raise ValueError(f"make_probes needs kinds among {KINDS} and n >= 2 x kinds ({2 * len(table)}): two facts "
+        raise UserError(f"knowledge probes need kinds among {KINDS} and n >= 2 x kinds ({2 * len(table)}): two facts "
                          f"of each kind, so every probe has a distractor taught as often and a control subject")
     rng = random.Random(seed)
     probes, conversations, seen, answers = [], [], set(), set()

@@ -144,9 +144,10 @@ def run_live(out: str | Path, quick: bool = False) -> dict:
         # the same question): the flood and per-key guards would drop the teaching itself at their defaults.
         "learn.flood_conversations=12", "learn.per_key_cap=500",
         # The gate judges each interval's pessimistic end. With 8 facts one fact is 12.5 points, so a 5-point
-        # probe bound blocks any candidate whose answers moved at all; the original-text bound is the
-        # default's 5% doubled for a 1.5 M model trained on a few dozen conversations. The report prints both.
-        "learn.gate.probe_points=40", "learn.gate.original_ppl_increase=0.10",
+        # probe bound blocks any candidate whose answers moved at all; on 100-300 retention questions the
+        # interval alone is +-4 points; the original-text bound is widened for a 1.5 M model trained on a few
+        # dozen conversations. The report prints every bound.
+        "learn.gate.probe_points=40", "learn.gate.original_ppl_increase=0.15", "learn.gate.retention_points=10",
         "learn.round_conversations=100000", "learn.reservoir_ratio=0.25", "render.max_seq_len=128",
         "method.name=galore", "method.rank=32", "method.layerwise=true", "method.update_proj_gap=50",
         "train.batch_size=8", "train.lr=0.001", "train.max_steps=200", "train.warmup_steps=5", "train.save_every=50",
