@@ -111,7 +111,8 @@ def test_memory_and_speed_are_compared_only_at_matched_micro_batches():
 
 def test_the_replay_arms_differ_in_the_replay_ratio_only():
     """AdamW without replay against GaLore with 10% (one seed each) used to pass on the ratio alone."""
-    mixed = [run("r0", "adamw", replay_ratio=0.0, original_ppl_change=2.0, method_label="adamw", lr=1e-3),
+    mixed = [run("r0", "adamw", replay_ratio=0.0, original_ppl_change=2.0, method_label="adamw", lr=1e-3,
+                 micro_batch=[8, 128, False]),
              run("r10", replay_ratio=0.1, original_ppl_change=0.5, method_label="galore r=32", lr=3e-3)]
     v = replay_hypothesis(mixed, CRITERIA)["verdicts"]["replay_10"]
     assert v["verdict"] == "not measured" and "more than the replay ratio" in v["figure"]

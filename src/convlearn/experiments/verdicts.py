@@ -275,7 +275,7 @@ def replay_hypothesis(runs: list[dict], c) -> dict:
                  f"{100 * (1 - c.confidence):g}% significance")
     # the two arms differ in the replay ratio only: the same method, rate and data (seeds vary within an arm)
     def setting(r):
-        return (r.get("method_label"), r.get("lr"), r.get("conversations"), r.get("micro_batch"))
+        return (r.get("method_label"), r.get("lr"), r.get("conversations"), tuple(r.get("micro_batch") or ()))
     arms = {ratio: [r for r in runs if r.get("replay_ratio") == ratio and r.get("original_ppl_change") is not None]
             for ratio in (0.0, 0.1)}
     settings = {setting(r) for arm in arms.values() for r in arm}
