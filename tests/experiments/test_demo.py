@@ -26,7 +26,7 @@ def test_demo_runs_the_four_experiments_end_to_end(tmp_path):
     for name, hyp in hypotheses.items():  # each hypothesis judged, with a figure
         assert hyp["statement"] and hyp["verdicts"], name
         for v in hyp["verdicts"].values():
-            assert v["verdict"] in ("pass", "fail", "inconclusive", "not measured") and v["figure"]
+            assert v["verdict"] in ("pass", "fail", "inconclusive", "not measured", "not measurable") and v["figure"]
     assert hypotheses["replay"]["verdicts"]["replay_10"]["verdict"] != "not measured"  # two seeds per arm
     assert "n=3" in hypotheses["data_scaling"]["verdicts"]["log_linear"]["figure"]  # three sizes
     verdicts = json.loads((out / "runs" / "optimizers" / "report" / "verdicts.json").read_text())

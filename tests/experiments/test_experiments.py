@@ -203,11 +203,11 @@ def _tiny_sweep(root, demo_assets, name, **extra):
 @pytest.fixture(scope="module")
 def tiny_optimizers(tmp_path_factory, demo_assets):
     """Experiment 1 at tiny scale, its learning-rate search included (two rates, two-step pilots), on three of
-    its points (AdamW, LoRA, GaLore r=32: one of each kind of method, to keep the suite short; GaLore r=32 is the
+    its points (AdamW, LoRA, layer-wise GaLore r=32: one of each kind of method, to keep the suite short; it is the
     point whose rate the later experiments take)."""
     import yaml
     grid = yaml.safe_load((PACKAGED / "tiny" / "optimizers.yaml").read_text())["grid"]
-    grid["method"] = [p for p in grid["method"] if p["name"] in ("adamw", "lora-r16", "galore-r32")]
+    grid["method"] = [p for p in grid["method"] if p["name"] in ("adamw", "lora-r16", "galore-r32-lw-proj")]
     return _tiny_sweep(tmp_path_factory.mktemp("tiny-optimizers"), demo_assets, "optimizers",
                        lr_search={"factors": [1, 3], "steps": 2}, grid=grid)
 
