@@ -185,7 +185,7 @@ def _tiny_sweep(root, demo_assets, name, **extra):
     root.mkdir(parents=True, exist_ok=True)
     (root / "base.yaml").write_text((src / "base.yaml").read_text().replace("runs/demo/", f"{demo_assets}/"))
     spec = {**yaml.safe_load((src / f"{name}.yaml").read_text()), **extra}
-    spec["set"] = spec.get("set", []) + [  # last, so they win over the experiment's own settings
+    spec["set"] = [o.replace("runs/demo/", f"{demo_assets}/") for o in spec.get("set", [])] + [  # last: they win
         "train.max_steps=3", "train.save_every=0", f"data.cache_dir={root / 'cache'}", "eval.heldout_samples=16",
         "eval.original.limit=200", "eval.suites.full=[conversation_ppl, original_ppl]", "logging.tensorboard=false"]
     (root / "exp.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
