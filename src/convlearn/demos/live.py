@@ -25,7 +25,7 @@ from ..data.probes import link_probes, make_probes
 from ..data.records import DataStats
 from ..data.stream import read_source
 from ..eval.stats import clustered_group_difference
-from ..learn.canary import RISK_KNOBS, exposures, make_canaries, prompt_renderer
+from ..learn.canary import RISK_KNOBS, exposure_table, exposures, make_canaries, prompt_renderer
 from ..learn.learner import Learner
 from ..learn.records import GateDecision
 from ..serve.api import Limits
@@ -299,16 +299,7 @@ def report_markdown(report: dict) -> str:
                       f"{c['max_bits']:.1f} bits); a canary is flagged when {against} reaches "
                       f"{c['bound_bits']:.1f} bits = log2(canaries / alpha), alpha {c['alpha']} family-wise; "
                       f"never-seen controls max {f(c['control_max_bits'], 2)} bits:", "",
-                  "| canary | group | form | insertions | exposure (bits) | on v0 | gain | flagged |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for x in c["canaries"]:
-            lines.append(f"| {x['id']} | {x['group']} | {x['form']}{' (scrubbed)' if x['scrubbed'] else ''} | "
-                         f"{x['insertions']} | {x['exposure_bits']:.2f} | {f(x['v0_exposure_bits'], 2)} | "
-                         f"{x['gain_bits']:.2f} | {'YES' if x['flagged'] else 'no'} |")
-        if c["sees"] is not None:
-            lines.append("\nPositive control flagged: " + ("yes, so the test can see memorisation at this training "
-                                                           "volume" if c["sees"] else "NO: the test cannot see "
-                                                           "memorisation here, and the other readings say nothing"))
+                  *exposure_table(c)]
         lines.append(f"\nScrubbed and unconsented canaries at chance: {'yes' if c['protected_at_chance'] else 'NO'}. "
                      f"Consented canaries the scrubber cannot see: up to {f(c['unscrubbed_consented_max_bits'], 2)} "
                      f"bits over v0, the measured risk; what lowers it: {report['risk_knobs']}.")

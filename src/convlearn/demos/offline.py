@@ -29,6 +29,7 @@ from ..data.probes import write_probes
 from ..errors import UserError
 from ..experiments.report import write_report
 from ..experiments.sweep import PACKAGED, load_sweep, run_sweep
+from ..learn.canary import exposure_table
 from .base import PRETRAIN_DOCUMENTS, pretrain_base, tiny_twin
 
 EXPERIMENTS = ("optimizers", "data_scaling", "online", "replay")
@@ -186,15 +187,7 @@ def demo_summary(out: Path, reports: dict, canaries: dict | None = None) -> str:
                   f"Exact ranks among all 10^6 secrets; flagged when the gain over v0 reaches {c['bound_bits']:.1f} "
                   f"bits = log2(canaries / alpha), alpha {c['alpha']} family-wise (a never-seen secret passes it "
                   f"with probability at most alpha).", "",
-                  "| canary | group | form | insertions | exposure on v0 | exposure | gain | flagged |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for x in c["canaries"]:
-            lines.append(f"| {x['id']} | {x['group']} | {x['form']}{' (scrubbed)' if x['scrubbed'] else ''} | "
-                         f"{x['insertions']} | {x['v0_exposure_bits']:.2f} | {x['exposure_bits']:.2f} | "
-                         f"{x['gain_bits']:.2f} | {'YES' if x['flagged'] else 'no'} |")
-        lines.append("\nPositive control flagged: " + ("yes: the test can see memorisation at this volume"
-                                                         if c["sees"] else "NO: the test cannot see memorisation "
-                                                         "here, and the readings above say nothing"))
+                  *exposure_table(c)]
     (out / "demo.json").write_text(json.dumps({**{k: r["hypothesis"] for k, r in reports.items()},
                                                "canaries": canaries}, indent=1, default=str))
     return "\n".join(lines) + "\n"

@@ -152,6 +152,23 @@ def exposures(model, tokenizer, prompt_for, canaries: list[Canary], baseline: di
                                                   if r["group"] == "consented" and not r["scrubbed"]), default=None)}
 
 
+def exposure_table(report: dict) -> list[str]:
+    """`exposures`' report as markdown lines: one row per canary, and whether the positive control was flagged
+    (the live and the offline demo print the same table)."""
+    lines = ["| canary | group | form | insertions | exposure (bits) | on v0 | gain | flagged |",
+             "|---|---|---|---|---|---|---|---|"]
+    for x in report["canaries"]:
+        v0 = "–" if x["v0_exposure_bits"] is None else f"{x['v0_exposure_bits']:.2f}"
+        lines.append(f"| {x['id']} | {x['group']} | {x['form']}{' (scrubbed)' if x['scrubbed'] else ''} | "
+                     f"{x['insertions']} | {x['exposure_bits']:.2f} | {v0} | {x['gain_bits']:.2f} | "
+                     f"{'YES' if x['flagged'] else 'no'} |")
+    if report["sees"] is not None:
+        lines.append("\nPositive control flagged: " + (
+            "yes: the test can see memorisation at this training volume" if report["sees"] else
+            "NO: the test cannot see memorisation here, and the other readings say nothing"))
+    return lines
+
+
 def prompt_renderer(renderer):
     """`prompt_for` for `exposures`: the chat template's user turn, cut where the message's text would go on."""
     marker = "\ue000"
