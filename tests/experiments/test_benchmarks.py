@@ -1,4 +1,6 @@
-"""lm-evaluation-harness offline on local copies of the five benchmarks, on the live tiny model."""
+"""lm-evaluation-harness offline on local copies of the five benchmarks (and mmlu_continuation), on the live tiny
+model."""
+import json
 import math
 
 import pytest
@@ -88,8 +90,6 @@ def test_offline_without_a_local_copy_names_the_key(tiny_models, tokenizers, tmp
 def test_a_group_keeps_per_question_results_from_every_leaf(bench, tiny_models, tokenizers, tmp_path):
     """lm-eval logs samples per leaf task, none under a group's name: `mmlu` as lm-eval's own group (here over two
     local subject tasks, listed out of order) still yields every question, in sorted leaf then doc order."""
-    import json
-
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -114,3 +114,43 @@ def test_a_group_keeps_per_question_results_from_every_leaf(bench, tiny_models, 
     assert fig["n"] == 6 and fig["correct"] == expected and len(expected) == 6
     assert fig["chance"] == pytest.approx(0.25)
     assert fig["score"] == pytest.approx(sum(expected) / 6)
+
+
+def test_mmlu_continuation_scores_each_choices_text_with_every_question_kept(tiny_models, tokenizers, tmp_path):
+    """lm-eval's continuation variant of the MMLU subjects on the world-facts copy: each choice's text after
+    "Question: ...\\nAnswer:", acc as the headline, one result per question of every subject."""
+    from lm_eval.tasks import TaskManager
+
+    from convlearn.data.world_facts import write_world_facts
+    from convlearn.eval.evaluations.benchmarks import LmEvalBenchmarks
+    from convlearn.eval.records import EvalRecord
+    from convlearn.models import load_model
+    data = write_world_facts(tmp_path / "facts", questions=2, shots=1)
+    tasks = mmlu_tasks(data, tmp_path / "work", continuation=True)
+    assert [t["task"] for t in tasks] == ["mmlu_global_facts_continuation",
+                                          "mmlu_high_school_geography_continuation"]
+    task = TaskManager(include_defaults=False).load([tasks[1]])["tasks"]["mmlu_high_school_geography_continuation"]
+    doc = next(iter(task.test_docs()))
+    assert task.doc_to_text(doc) == f"Question: {doc['question']}\nAnswer:"
+    assert task.doc_to_choice(doc) == doc["choices"]  # the text, not the letter
+    cfg = load_config(None, [f"eval.benchmarks=[{{name: mmlu_continuation, num_fewshot: 0, data_dir: '{data}'}}]",
+                             "eval.lm_eval_batch_size=4", "eval.criteria.retention_benchmark=mmlu_continuation"]).eval
+    LmEvalBenchmarks().check_offline(cfg)  # a local copy is enough offline
+    out = Benchmarks(cfg, tmp_path / "run").run(load_model(str(tiny_models["qwen2"])), tokenizers["qwen2"])
+    fig = out["mmlu_continuation"]
+    assert fig["metric"] == "acc,none" and fig["n"] == 6 and len(fig["correct"]) == 6  # 2 per kind
+    assert set(fig["correct"]) <= {0, 1} and fig["score"] == pytest.approx(sum(fig["correct"]) / 6)
+    assert {s: f["n"] for s, f in fig["subjects"].items()} == {"global_facts": 2, "high_school_geography": 4}
+    assert set(fig["subjects"]["global_facts"]) == {"acc", "acc_norm", "n"}  # both of lm-eval's figures kept
+    assert fig["chance"] == pytest.approx(0.25) and fig["num_fewshot"] == 0
+    # the retention benchmark the verdicts and the gate read, with its per-question results
+    score, kind, whole = EvalRecord(0, evaluations={"benchmarks": out}).retention(cfg.criteria.retention_benchmark)
+    assert (score, kind, whole["correct"]) == (fig["score"], "benchmarks", fig["correct"])
+
+
+def test_a_subject_that_mmlu_lacks_is_refused(tmp_path):
+    (tmp_path / "test.jsonl").write_text(json.dumps({"question": "What is the capital of Kenya?",
+                                                     "subject": "world_capitals", "answer": 0,
+                                                     "choices": ["Nairobi", "Kampala", "Lima", "Rome"]}) + "\n")
+    with pytest.raises(UserError, match="mmlu_continuation: unknown subject 'world_capitals'"):
+        mmlu_tasks(tmp_path, tmp_path / "work", continuation=True)

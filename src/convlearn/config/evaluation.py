@@ -7,13 +7,16 @@ from ..errors import ConfigError
 from .data import SourceConfig
 from .schema import opt, section
 
-BENCHMARKS = ("mmlu", "hellaswag", "arc_challenge", "truthfulqa_mc2", "gsm8k")
+BENCHMARKS = ("mmlu", "mmlu_continuation", "hellaswag", "arc_challenge", "truthfulqa_mc2", "gsm8k")
 
 
 @section
 class BenchmarkConfig:
-    name: Literal["mmlu", "hellaswag", "arc_challenge", "truthfulqa_mc2", "gsm8k"] = opt(
-        doc="lm-evaluation-harness task, by its real name.")
+    name: Literal["mmlu", "mmlu_continuation", "hellaswag", "arc_challenge", "truthfulqa_mc2", "gsm8k"] = opt(
+        doc="lm-evaluation-harness task, by its real name. `mmlu_continuation`: MMLU's data with each choice's "
+            "text scored after \"Question: ...\\nAnswer:\" (acc), not its letter: the variant a small base "
+            "answers above chance (`data_dir` as for mmlu, e.g. the world-facts copy of "
+            "convlearn.data.world_facts).")
     num_fewshot: Optional[int] = opt(None, "Few-shot examples; null = the task's default (the seed: MMLU 5).",
                                      ge=0)
     limit: Optional[int] = opt(None, "At most this many documents (per MMLU subject); null = all.", ge=1)

@@ -5,7 +5,9 @@ dataset's schema (`data_dir` with one file per split), we load lm-eval's own tas
 includes and `!function`s resolved, so prompts, few-shot setup and metrics are the real ones) and point its
 dataset at the local files with absolute paths, generated at run time. MMLU's 57 subject tasks are built from
 one local copy of `cais/mmlu` ("all": rows carry their `subject`) and aggregated weighted by size, as lm-eval's
-`mmlu` group does.
+`mmlu` group does. `mmlu_continuation` is the same data through lm-eval's continuation variant of each subject
+(`mmlu/continuation/`: "Question: ...\nAnswer:" and each choice's own text scored, not its letter), the variant a
+small base can answer (data/world_facts.py).
 """
 from __future__ import annotations
 
@@ -22,8 +24,13 @@ from ..errors import UserError
 
 TASK_YAML = {"hellaswag": "hellaswag/hellaswag.yaml", "arc_challenge": "arc/arc_challenge.yaml",
              "truthfulqa_mc2": "truthfulqa/truthfulqa_mc2.yaml", "gsm8k": "gsm8k/gsm8k.yaml"}
-HEADLINE_METRIC = {"mmlu": "acc,none", "hellaswag": "acc_norm,none", "arc_challenge": "acc_norm,none",
-                   "truthfulqa_mc2": "acc,none", "gsm8k": "exact_match,strict-match"}
+# mmlu_continuation: acc (each choice's summed log-likelihood), as lm-eval's own mmlu_continuation group aggregates.
+# Not acc_norm (per byte): it rewards a choice whose later tokens follow from its first ("North America": "America"
+# is near certain after "North"): on the world-facts continent questions it took the real Gemma-3-270M base from
+# 86% to 60%, while its capitals (94% both) and currencies (72% / 74%) barely moved.
+HEADLINE_METRIC = {"mmlu": "acc,none", "mmlu_continuation": "acc,none", "hellaswag": "acc_norm,none",
+                   "arc_challenge": "acc_norm,none", "truthfulqa_mc2": "acc,none",
+                   "gsm8k": "exact_match,strict-match"}
 
 if TYPE_CHECKING:
     from ..config import EvalConfig
@@ -87,13 +94,20 @@ def local_task(name: str, data_dir: str | Path) -> dict:
     return _local(config, data_files)
 
 
-def mmlu_tasks(data_dir: str | Path, work: Path, per_subject: int | None = None, seed: int = 0) -> list[dict]:
+MMLU_VARIANTS = {"mmlu": ("default", ""), "mmlu_continuation": ("continuation", "_continuation")}
+
+
+def mmlu_tasks(data_dir: str | Path, work: Path, per_subject: int | None = None, seed: int = 0,
+               continuation: bool = False) -> list[dict]:
     """One lm-eval task per MMLU subject present in the local copy (test split, dev split for few-shot),
-    optionally a fixed seeded subset of `per_subject` test questions per subject (the quick-eval)."""
+    optionally a fixed seeded subset of `per_subject` test questions per subject (the quick-eval); lm-eval's
+    `mmlu_continuation` definitions (the choices' text scored) when `continuation`, else `mmlu`'s (the letter)."""
+    name = "mmlu_continuation" if continuation else "mmlu"
+    folder_of, _ = MMLU_VARIANTS[name]
     data_dir = Path(data_dir)
     test = read_split_file(data_dir, "test")
     if test is None:
-        raise UserError(f"mmlu: no test.jsonl / .json / .parquet in {data_dir}")
+        raise UserError(f"{name}: no test.jsonl / .json / .parquet in {data_dir}")
     dev = read_split_file(data_dir, "dev")
     by_subject: dict[str, dict[str, list]] = {}
     for split, path in (("test", test), ("dev", dev)):
@@ -109,16 +123,16 @@ def mmlu_tasks(data_dir: str | Path, work: Path, per_subject: int | None = None,
         if per_subject is not None and len(test_rows) > per_subject:
             picked = sorted(rng.sample(range(len(test_rows)), per_subject))
             test_rows = [test_rows[i] for i in picked]
-        folder = work / ("mmlu_quick" if per_subject else "mmlu") / subject
+        yaml_path = f"mmlu/{folder_of}/mmlu_{subject}.yaml"
+        if not (_tasks_dir() / yaml_path).is_file():
+            raise UserError(f"{name}: unknown subject {subject!r} in {data_dir}")
+        folder = work / ("mmlu_quick" if per_subject else name) / subject
         folder.mkdir(parents=True, exist_ok=True)
         files = {}
         for split, split_rows in (("test", test_rows), ("dev", rows["dev"])):
             if split_rows:
                 (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split_rows))
                 files[split] = str((folder / f"{split}.jsonl").resolve())
-        yaml_path = f"mmlu/default/mmlu_{subject}.yaml"
-        if not (_tasks_dir() / yaml_path).is_file():
-            raise UserError(f"mmlu: unknown subject {subject!r} in {data_dir}")
         config = _local(_load_task_yaml(yaml_path), files)
         if "dev" not in files:
             config["fewshot_split"] = None
@@ -168,16 +182,20 @@ class Benchmarks:
             raise UserError("eval: mmlu_quick needs an `mmlu` entry in eval.benchmarks (for its data)")
         for b in entries:
             shots = b.num_fewshot
-            if b.name == "mmlu" and (b.data_dir or quick_mmlu):
+            if b.name in MMLU_VARIANTS and (b.data_dir or quick_mmlu):
                 if not b.data_dir:
                     raise UserError("eval.benchmarks: mmlu_quick needs the mmlu entry's data_dir offline")
                 per = self.cfg.mmlu_quick_per_subject if quick_mmlu else None
-                tasks = mmlu_tasks(b.data_dir, self.work, per)
+                tasks = mmlu_tasks(b.data_dir, self.work, per, continuation=b.name == "mmlu_continuation")
                 res = self._evaluate(lm, tasks, shots, None if quick_mmlu else b.limit)
-                out["mmlu_quick" if quick_mmlu else "mmlu"] = _aggregate_mmlu(res, shots, per)
+                out["mmlu_quick" if quick_mmlu else b.name] = _aggregate_mmlu(
+                    res, [t["task"] for t in tasks], b.name, shots, per)
             elif b.data_dir:
                 res = self._evaluate(lm, [local_task(b.name, b.data_dir)], shots, b.limit)
                 out[b.name] = _task_figures(res, b.name, shots, b.limit)
+            elif b.name == "mmlu_continuation":  # the group from the hub: its subjects' figures from its leaves
+                res = self._evaluate(lm, [b.name], shots, b.limit)
+                out[b.name] = _aggregate_mmlu(res, leaf_tasks(res, b.name), b.name, shots, None)
             else:
                 res = self._evaluate(lm, [b.name], shots, b.limit)
                 out[b.name] = _task_figures(res, b.name, shots, b.limit)
@@ -231,14 +249,22 @@ def _task_figures(res: dict, name: str, shots, limit) -> dict:
             "limit": limit}
 
 
-def _aggregate_mmlu(res: dict, shots, per_subject) -> dict:
-    # the local subject tasks run without lm-eval's `mmlu` group: aggregate here, weighted by size as it does
-    leaves = sorted(t for t in res["results"] if t.startswith("mmlu_"))
-    subjects = {t.removeprefix("mmlu_"): {"acc": res["results"][t]["acc,none"], "n": _n(res, t)} for t in leaves}
-    correct, chance = _collect(res, leaves, "acc,none")
+def _aggregate_mmlu(res: dict, leaves: list[str], name: str, shots, per_subject) -> dict:
+    """The subject tasks `leaves` of `mmlu` or `mmlu_continuation` (run without lm-eval's group) aggregated here,
+    weighted by size as the group does; every figure of each subject is kept."""
+    leaves = sorted(leaves)
+    metric = HEADLINE_METRIC[name]
+    _, suffix = MMLU_VARIANTS[name]
+    subjects = {}
+    for t in leaves:
+        figures = {k.split(",")[0]: v for k, v in res["results"][t].items()
+                   if isinstance(v, (int, float)) and "stderr" not in k and k != "sample_len"}
+        subjects[t.removeprefix("mmlu_").removesuffix(suffix)] = {**figures, "n": _n(res, t)}
+    correct, chance = _collect(res, leaves, metric)
     n = sum(s["n"] for s in subjects.values())
-    acc = sum(s["acc"] * s["n"] for s in subjects.values()) / n if n else float("nan")
-    return {"score": acc, "metric": "acc,none", "n": n, "stderr": _binomial_se(acc, n), "chance": chance,
+    key = metric.split(",")[0]
+    score = sum(s[key] * s["n"] for s in subjects.values()) / n if n else float("nan")
+    return {"score": score, "metric": metric, "n": n, "stderr": _binomial_se(score, n), "chance": chance,
             "correct": correct, "num_fewshot": shots, "subjects": subjects, "per_subject": per_subject}
 
 
