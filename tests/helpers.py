@@ -15,7 +15,8 @@ from types import SimpleNamespace
 
 import yaml
 
-ARCHS = ("qwen2", "llama", "gemma2", "phi3")  # the tiny twins' architectures (conftest builds one of each)
+# the tiny twins' architectures (conftest builds one of each)
+ARCHS = ("qwen2", "llama", "gemma2", "gemma3_text", "phi3")
 
 
 def run_config(path: Path, model: Path | str, cache: Path, **sections) -> Path:

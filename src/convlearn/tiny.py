@@ -19,62 +19,15 @@ import yaml
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from .data.builtin import chatterbot_dir, stdlib_docstrings
+from .templates import CHAT_TEMPLATES
 
-ARCHS = ("qwen2", "llama", "gemma2", "phi3")
+ARCHS = ("qwen2", "llama", "gemma2", "gemma3_text", "phi3")
 
 # Split patterns of the real tokenizers (Qwen2 and Llama-3 differ only in digit grouping).
 QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
                   r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-
-# Chat templates rendering each family's real format (tool-calling branches of the originals left out).
-CHAT_TEMPLATES = {
-    "qwen2": (
-        "{%- if messages[0]['role'] == 'system' %}"
-        "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
-        "{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
-        "assistant.<|im_end|>\\n' }}{%- endif %}"
-        "{%- for message in messages %}"
-        "{%- if message.role == 'user' or (message.role == 'system' and not loop.first) "
-        "or message.role == 'assistant' %}"
-        "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
-        "{%- endif %}{%- endfor %}"
-        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"),
-    "llama": (
-        "{{- bos_token }}"
-        "{%- if not date_string is defined %}{%- if strftime_now is defined %}"
-        "{%- set date_string = strftime_now('%d %b %Y') %}{%- else %}{%- set date_string = '26 Jul 2024' %}"
-        "{%- endif %}{%- endif %}"
-        "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content']|trim %}"
-        "{%- set messages = messages[1:] %}{%- else %}{%- set system_message = '' %}{%- endif %}"
-        "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
-        "{{- 'Cutting Knowledge Date: December 2023\\n' }}"
-        "{{- 'Today Date: ' + date_string + '\\n\\n' }}"
-        "{{- system_message }}{{- '<|eot_id|>' }}"
-        "{%- for message in messages %}"
-        "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
-        " + '<|eot_id|>' }}{%- endfor %}"
-        "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
-        "{%- endif %}"),
-    "gemma2": (
-        "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
-        "{{ raise_exception('System role not supported') }}{% endif %}"
-        "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
-        "{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}"
-        "{% else %}{% set role = message['role'] %}{% endif %}"
-        "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
-        "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}"),
-    "phi3": (
-        "{% for message in messages %}"
-        "{% if message['role'] == 'system' and message['content'] %}"
-        "{{'<|system|>\\n' + message['content'] + '<|end|>\\n'}}"
-        "{% elif message['role'] == 'user' %}{{'<|user|>\\n' + message['content'] + '<|end|>\\n'}}"
-        "{% elif message['role'] == 'assistant' %}{{'<|assistant|>\\n' + message['content'] + '<|end|>\\n'}}"
-        "{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}{% endif %}"),
-}
 
 # Special tokens, and which of them play bos / eos / pad, as in the real tokenizers.
 SPECIALS = {
@@ -85,6 +38,8 @@ SPECIALS = {
               {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}),
     "gemma2": (["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"],
                {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}),
+    "gemma3_text": (["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"],
+                    {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}),
     "phi3": (["<unk>", "<s>", "</s>", "<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"],
              {"bos_token": "<s>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
               "unk_token": "<unk>"}),
@@ -126,7 +81,7 @@ def train_tokenizer(arch: str, texts: list[str], vocab_size: int = 4096):
         tok.train_from_iterator(texts, trainer)
     else:  # SentencePiece-style BPE: spaces as "▁", byte fallback for unseen characters
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
-        scheme = "never" if arch == "gemma2" else "first"
+        scheme = "never" if arch.startswith("gemma") else "first"
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=True)
         trainer = trainers.BpeTrainer(vocab_size=vocab_size - 256, special_tokens=specials, show_progress=False)
         tok.train_from_iterator(texts, trainer)
@@ -134,7 +89,7 @@ def train_tokenizer(arch: str, texts: list[str], vocab_size: int = 4096):
         tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
                                         + ([decoders.Strip(" ", 1, 0)] if scheme == "first" else []))
     bos = roles.get("bos_token")
-    if bos and arch in ("llama", "gemma2"):  # the real ones add BOS when asked for special tokens
+    if bos and arch in ("llama", "gemma2", "gemma3_text"):  # the real ones add BOS when asked for special tokens
         tok.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
     return tok
@@ -159,7 +114,7 @@ def _with_byte_fallback(tok, rstrip: tuple[str, ...] = ()):
 
 def tiny_config(arch: str, tokenizer):
     """A transformers config of the real architecture at the tiny shape."""
-    from transformers import Gemma2Config, LlamaConfig, Phi3Config, Qwen2Config
+    from transformers import Gemma2Config, Gemma3TextConfig, LlamaConfig, Phi3Config, Qwen2Config
     ids = {k.replace("_token", "_token_id"): tokenizer.convert_tokens_to_ids(v)
            for k, v in SPECIALS[arch][1].items() if k != "unk_token"}
     vocab = len(tokenizer)
@@ -170,6 +125,9 @@ def tiny_config(arch: str, tokenizer):
     if arch == "gemma2":
         return Gemma2Config(vocab_size=vocab, head_dim=32, query_pre_attn_scalar=32, sliding_window=512,
                             tie_word_embeddings=True, **ids, **_TINY)
+    if arch == "gemma3_text":  # five sliding-window layers to one global, as Gemma-3; here 3 + 1
+        return Gemma3TextConfig(vocab_size=vocab, head_dim=32, query_pre_attn_scalar=32, sliding_window=512,
+                                sliding_window_pattern=4, tie_word_embeddings=True, **ids, **_TINY)
     if arch == "phi3":
         return Phi3Config(vocab_size=vocab, tie_word_embeddings=False, **ids, **_TINY)
     raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")

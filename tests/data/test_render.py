@@ -6,7 +6,8 @@ from convlearn.data.render import ChatRenderer, pack
 from convlearn.models import FAMILIES
 from helpers import ARCHS
 
-CLOSER = {"qwen2": "<|im_end|>", "llama": "<|eot_id|>", "gemma2": "<end_of_turn>", "phi3": "<|end|>"}
+CLOSER = {"qwen2": "<|im_end|>", "llama": "<|eot_id|>", "gemma2": "<end_of_turn>", "gemma3_text": "<end_of_turn>",
+          "phi3": "<|end|>"}
 
 
 def conversation(n_exchanges=2, system=True, long_answer=None):
@@ -41,7 +42,7 @@ def test_assistant_mask_decodes_to_the_assistant_messages(tokenizers, arch):
 
 
 def test_system_role_detection_and_folding(tokenizers):
-    assert [renderer(tokenizers, a).system_role for a in ARCHS] == [True, True, False, True]
+    assert [renderer(tokenizers, a).system_role for a in ARCHS] == [True, True, False, True, True]
     msgs = renderer(tokenizers, "gemma2").messages(conversation(1))
     assert msgs[0] == {"role": "user", "content": "You answer briefly.\n\nQuestion 0: what is über-naïve 0? 😀"}
 
@@ -144,7 +145,8 @@ def test_text_the_normalizer_would_change_takes_the_offsets_path(tokenizers):
     assert enc.fallbacks == 1 and e.nbytes.sum() == len("cafe\u0301 au lait".encode())
 
 
-HEADERS = {"qwen2": "assistant", "llama": "assistant", "gemma2": "model", "phi3": "<|assistant|>"}
+HEADERS = {"qwen2": "assistant", "llama": "assistant", "gemma2": "model", "gemma3_text": "model",
+           "phi3": "<|assistant|>"}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -164,7 +166,7 @@ def test_tokens_straddling_the_header_are_not_assistant_tokens(tokenizers, arch)
         assert rendered.text == tok.apply_chat_template(msgs, tokenize=False, **FAMILIES[arch].template_kwargs)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3_text"])
 def test_templates_that_trim_are_trimmed_exactly_for_every_conversation(tokenizers, arch):
     tok, r = tokenizers[arch], renderer(tokenizers, arch)
     assert r.trimmed_roles >= {"user", "assistant"}

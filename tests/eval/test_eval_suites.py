@@ -229,3 +229,32 @@ def test_chunked_eval_loss_equals_the_full_logits_loss(tiny_models, tokenizers, 
     assert full["nats_all"].sum() > 0 and set(head_positions) == {1}
     for key, values in full.items():
         np.testing.assert_allclose(chunked[key], values, rtol=1e-6, atol=1e-6, err_msg=key)
+
+
+def test_share_step0_evaluates_the_base_once_per_key(tmp_path, tiny_models):
+    """eval.share_step0: a second run of the same base, eval section and held-out data copies the first's step-0
+    evaluation (marked shared_from) and its figures are the ones a fresh evaluation gives; a run that differs in
+    anything the evaluation depends on (here the method's rate does not; the held-out sample count does)
+    evaluates again."""
+    from convlearn.config import load_config
+    from convlearn.experiments.run import run_training
+    from helpers import run_config
+    cache = tmp_path / "cache"
+
+    def run(name, **over):
+        cfg = load_config(run_config(tmp_path / f"{name}.yaml", tiny_models["qwen2"], cache,
+                                     method={"name": "adamw"}, train={"max_steps": 2, **over.get("train", {})},
+                                     eval={"share_step0": True, **over.get("eval", {})}))
+        run_training(cfg, tmp_path / name)
+        return json.loads((tmp_path / name / "evals" / "step-0.json").read_text())
+    first, second = run("a"), run("b", train={"lr": 0.001})
+    assert "shared_from" not in first and second["shared_from"] == next((cache / "step0").glob("*.json")).stem
+    assert second["evaluations"] == first["evaluations"]
+    fresh = run("c", eval={"heldout_samples": 12})
+    assert "shared_from" not in fresh and len(list((cache / "step0").glob("*.json"))) == 2
+    # the figures are those of an unshared evaluation of the same base
+    unshared = load_config(run_config(tmp_path / "d.yaml", tiny_models["qwen2"], cache, method={"name": "adamw"},
+                                      train={"max_steps": 2}))
+    run_training(unshared, tmp_path / "d")
+    plain = json.loads((tmp_path / "d" / "evals" / "step-0.json").read_text())
+    assert plain["evaluations"]["conversation_ppl"]["all"] == first["evaluations"]["conversation_ppl"]["all"]

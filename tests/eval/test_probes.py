@@ -104,3 +104,23 @@ def test_probes_tell_a_learned_fact_from_a_seen_answer(tmp_path, tiny_models):
     lift = after["heldout"]["lift"]
     assert lift["difference"] > 0.4 and lift["low"] > 0 and lift["p_value"] < 0.05
     assert after["heldout"]["ll_accuracy"] > after["heldout"]["control"]["ll_accuracy"] + 0.4
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3_text", "qwen2"])
+def test_continuation_logprobs_equal_full_logits(tiny_models, tokenizers, arch):
+    """The head runs only over the continuation's positions: the same log-probabilities as full logits
+    (Gemma-2's softcapping included), for prompts and continuations of different lengths in one batch."""
+    import torch
+
+    from convlearn.eval.generation import continuation_logprobs
+    from convlearn.models import load_model
+    model, tok = load_model(str(tiny_models[arch]), device="cpu").eval(), tokenizers[arch]
+    prompts = ["Question: what is the capital?", "Hi", "A longer prompt about rivers and their sources, truly."]
+    conts = [" Paris", " hello there, friend", " the Nile"]
+    got = continuation_logprobs(model, tok, prompts, conts, batch_size=2)
+    for (lp, n), p, c in zip(got, prompts, conts):
+        a, b = tok(p, add_special_tokens=False)["input_ids"], tok(c, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([a + b])).logits[0].float(), -1)
+        want = sum(float(logp[len(a) - 1 + i, t]) for i, t in enumerate(b))
+        assert n == len(b) and lp == pytest.approx(want, abs=1e-4)

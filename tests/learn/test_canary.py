@@ -79,3 +79,28 @@ def test_canary_exposure_flags_what_1000_samples_could_not_and_only_gains_over_v
     assert pc["flagged"] and pc["exposure_bits"] > math.log2(1001) and report["sees"] is True
     assert not rows["favoured"]["flagged"]  # a secret the base itself ranks first is no leak
     assert report["controls_flagged"] == 0 and all(rows[c.id]["at_chance"] for c in never)
+
+
+@pytest.mark.parametrize("n_digits", [3, 4])
+def test_trie_scores_equal_whole_sequence_logprobs_for_any_secret_length(tiny_models, tokenizers, tmp_path, n_digits):
+    """secret_logprobs at any length (the real tier uses 4 digits) is the exact log p(secret | prompt): equal to
+    scoring each secret as a whole sequence, and a distribution over the 10^d secrets (total mass <= 1)."""
+    from transformers import AutoModelForCausalLM
+
+    from convlearn.data.prepare import renderer_for
+    from convlearn.learn.canary import FORMS, make_canaries, prompt_renderer, secret_logprobs
+    cfg = load_config(learn_config(tmp_path, tiny_models["qwen2"], tmp_path / "live"))
+    tok = tokenizers["qwen2"]
+    prompt = prompt_renderer(renderer_for(cfg, tok))(FORMS["locker"][0])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen2"], dtype=torch.float32).eval()
+    scores = secret_logprobs(model, tok, prompt, n_digits=n_digits)
+    assert scores.shape == (10 ** n_digits,) and float(torch.logsumexp(scores, 0)) <= 1e-5
+    base = tok(prompt, add_special_tokens=False)["input_ids"]
+    for value in (0, 7, 10 ** n_digits - 1, 4321 % 10 ** n_digits):
+        secret = f"{value:0{n_digits}d}"
+        ids = tok(prompt + secret, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        whole = sum(float(lp[len(base) - 1 + i, ids[len(base) + i]]) for i in range(n_digits))
+        assert float(scores[value]) == pytest.approx(whole, abs=1e-4)
+    assert {len(c.secret) for c in make_canaries(seed=0, digits=n_digits)} == {n_digits}

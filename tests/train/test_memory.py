@@ -30,7 +30,7 @@ ROWS = {
 # Published parameter counts of the seed models: the registry's architecture facts give the real shapes.
 PUBLISHED = {"Qwen/Qwen2.5-0.5B-Instruct": 494_032_768, "Qwen/Qwen2.5-1.5B-Instruct": 1_543_714_304,
              "meta-llama/Llama-3.2-1B-Instruct": 1_235_814_400, "google/gemma-2-2b-it": 2_614_341_888,
-             "microsoft/Phi-3.5-mini-instruct": 3_821_079_552}
+             "microsoft/Phi-3.5-mini-instruct": 3_821_079_552, "google/gemma-3-270m": 268_098_176}
 
 
 def test_meta_models_have_the_published_parameter_counts():
@@ -191,7 +191,7 @@ def test_embedding_choices_that_make_no_sense_name_the_key():
         assert e.value.path == "method.embeddings"
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "llama", "gemma2", "phi3"])
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "gemma2", "gemma3_text", "phi3"])
 def test_chunked_loss_equals_the_whole_loss_and_its_gradients(tiny_models, arch):
     """train.loss_chunk_tokens: same loss and same gradients (the head's included), whatever the chunk size;
     Gemma-2's logit softcapping is applied in the chunks too."""

@@ -14,7 +14,7 @@ from helpers import ARCHS
 def test_registry_holds_the_seed_models():
     assert set(REGISTRY) == {"Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct",
                              "meta-llama/Llama-3.2-1B-Instruct", "google/gemma-2-2b-it",
-                             "microsoft/Phi-3.5-mini-instruct"}
+                             "microsoft/Phi-3.5-mini-instruct", "google/gemma-3-270m"}
     gemma = REGISTRY["google/gemma-2-2b-it"]
     assert gemma.family == "gemma2" and not gemma.facts.system_role and gemma.facts.attn_implementation == "eager"
     assert REGISTRY["microsoft/Phi-3.5-mini-instruct"].facts.target_modules == (

@@ -87,6 +87,10 @@ class EvalConfig:
          "full": ["conversation_ppl", "domain_ppl", "original_ppl", "quality", "probes", "benchmarks"]},
         "Named sets of evaluations; see the Evaluations table below. (`mmlu_quick` is not in the default `full`: "
         "it needs a local MMLU copy, an `mmlu` entry of eval.benchmarks with data_dir.)")
+    share_step0: bool = opt(False, "Step 0 is the base model: evaluate it once for every run with the same base, "
+                                   "eval section, files, precision and held-out samples (a key over all of them, "
+                                   "cached in data.cache_dir/step0) and give each run a copy marked `shared_from`. "
+                                   "Sweeps whose runs share a base (the real-weights tier) save an evaluation a run.")
     heldout_samples: Optional[int] = opt(1000, "Held-out conversation samples for perplexities; null = all.",
                                          ge=1)
     batch_size: int = opt(8, "Batch size of perplexity and generation passes.", ge=1)
@@ -101,6 +105,8 @@ class EvalConfig:
     judge: JudgeConfig = opt(JudgeConfig(), "Optional pairwise judge of answers vs the step-0 answers.")
     probes: Optional[str] = opt(None, "JSONL of knowledge probes {question, answer, distractors: [...]}: facts "
                                       "that appear only in the training conversations; null = skip.")
+    probe_max_new_tokens: int = opt(32, "Token limit of the greedy answer to each probe question (answer_contained, "
+                                        "exact_match); the likelihood figures generate nothing.", ge=1)
     benchmarks: list[BenchmarkConfig] = opt(
         [BenchmarkConfig("mmlu", 5), BenchmarkConfig("hellaswag"), BenchmarkConfig("arc_challenge"),
          BenchmarkConfig("truthfulqa_mc2"), BenchmarkConfig("gsm8k")],

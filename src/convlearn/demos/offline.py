@@ -33,17 +33,18 @@ from ..learn.canary import exposure_table
 from .base import PRETRAIN_DOCUMENTS, pretrain_base, tiny_twin
 
 EXPERIMENTS = ("optimizers", "data_scaling", "online", "replay")
+DIRS = {"tiny": "demo", "real": "real"}  # the folder each tier's packaged configs name (runs/<dir>/...)
 # Experiment 1 at demo size: one point of each kind of method (the memory-optimised GaLore is the point whose rate
 # experiments 2-4 take).
 DEMO_METHODS = ("adamw", "lora-r16", "galore-r32-lw-proj")
 
 
-def _sweep_file(out: Path, name: str, sets: list[str], **extra) -> Path:
-    """The packaged tiny sweep `name`, based on the demo's base.yaml, with the demo's settings appended (last, so
+def _sweep_file(out: Path, name: str, sets: list[str], tier: str = "tiny", **extra) -> Path:
+    """The packaged sweep `tier`/`name`, based on the demo's base.yaml, with the demo's settings appended (last, so
     they win over the experiment's own)."""
-    spec = {**yaml.safe_load((PACKAGED / "tiny" / f"{name}.yaml").read_text()), **extra}
+    spec = {**yaml.safe_load((PACKAGED / tier / f"{name}.yaml").read_text()), **extra}
     spec["base"] = str(out / "base.yaml")
-    spec["set"] = [o.replace("runs/demo/", f"{out}/") for o in spec.get("set", [])] + sets
+    spec["set"] = [o.replace(f"runs/{DIRS[tier]}/", f"{out}/") for o in spec.get("set", [])] + sets
     if spec.get("lr_from"):
         spec["lr_from"] = str(out / "runs" / "optimizers" / "lr_choice.json")
     path = out / f"{name}.yaml"
@@ -51,17 +52,24 @@ def _sweep_file(out: Path, name: str, sets: list[str], **extra) -> Path:
     return path
 
 
-def _run(out: Path, name: str, sets: list[str], **extra) -> dict:
-    sweep_file = _sweep_file(out, name, sets, **extra)
+def run_packaged(out: Path, name: str, sets: list[str], tier: str = "tiny", extra_runs: tuple[Path, ...] = (),
+                 **extra) -> dict:
+    """Run the packaged sweep `tier`/`name` (one process per run) and write its report over its runs and
+    `extra_runs` (an arm another experiment already ran)."""
+    sweep_file = _sweep_file(out, name, sets, tier, **extra)
     root = out / "runs" / name
     result = run_sweep(sweep_file, root)
     failed = {k: v for k, v in result["runs"].items() if v not in (0, "skipped")}
     if failed:
         raise UserError(f"demo {name} runs failed: {failed} (see {root}/<run>/train.log)")
     sweep = load_sweep(sweep_file)
-    return write_report([root / r.name for r in sweep.runs], root / "report", sweep.experiment,
-                        f"convlearn demo, experiment {EXPERIMENTS.index(name) + 1} ({name}) at tiny scale",
+    scale = "at tiny scale" if tier == "tiny" else "on real weights (Gemma-3-270M)"
+    return write_report([*extra_runs, *(root / r.name for r in sweep.runs)], root / "report", sweep.experiment,
+                        f"convlearn demo, experiment {EXPERIMENTS.index(name) + 1} ({name}) {scale}",
                         sweep.hypothesis, lr_choice=root / "lr_choice.json")
+
+
+_run = run_packaged
 
 
 def run_demo(out: str | Path, pretrain_steps: int = 400, train_steps: int = 150, pilot_steps: int = 40,
@@ -110,13 +118,13 @@ def run_demo(out: str | Path, pretrain_steps: int = 400, train_steps: int = 150,
     return {"reports": reports, "summary": str(out / "demo.md")}
 
 
-def write_canaries(folder: Path) -> list:
+def write_canaries(folder: Path, digits: int = 6) -> list:
     """Secrets planted in the training conversations every experiment reads (tiny/base.yaml): consented ones of
     both forms (the e-mail form is scrubbed before training) 4 times, a positive control 40 times, never-seen
     controls; the unconsented group of the live demo has no meaning offline and is left out."""
     from ..data.builtin import chatterbot_dir
     from ..learn.canary import make_canaries
-    canaries = [c for c in make_canaries(seed=2, per_group=1, insertions=4, control_insertions=40)
+    canaries = [c for c in make_canaries(seed=2, per_group=1, insertions=4, control_insertions=40, digits=digits)
                 if c.group != "unconsented"]
     openers = list(dict.fromkeys(c[0] for f in sorted(chatterbot_dir().glob("*.yml"))
                                  for c in yaml.safe_load(f.read_text())["conversations"] if c and len(c[0]) < 80))
@@ -133,8 +141,9 @@ def write_canaries(folder: Path) -> list:
     return canaries
 
 
-def canary_exposures(out: Path, canaries: list) -> dict:
-    """Exposure of every canary on the base (v0) and on experiment 1's AdamW model, judged against v0."""
+def canary_exposures(out: Path, canaries: list, base: Path | None = None) -> dict:
+    """Exposure of every canary on the base (v0; default `out`/base) and on experiment 1's AdamW model, judged
+    against v0."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -146,18 +155,20 @@ def canary_exposures(out: Path, canaries: list) -> dict:
     tok = load_tokenizer(cfg.model.name)
     prompt_for = prompt_renderer(renderer_for(cfg, tok))
     report = {}
-    for name, folder in (("v0", out / "base"), ("adamw", out / "runs" / "optimizers" / "adamw" / "final")):
+    for name, folder in (("v0", base or out / "base"), ("adamw", out / "runs" / "optimizers" / "adamw" / "final")):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         report[name] = exposures(model, tok, prompt_for, canaries, baseline=report.get("v0"))
     (out / "canaries" / "exposure.json").write_text(json.dumps(report, indent=1))
     return report
 
 
-def demo_summary(out: Path, reports: dict, canaries: dict | None = None) -> str:
-    """The four hypotheses' verdicts, experiment 1's probe figures beside their control, and the canaries."""
-    lines = ["# convlearn demo: the four hypotheses at tiny scale", "",
+def demo_summary(out: Path, reports: dict, canaries: dict | None = None,
+                 title: str = "the four hypotheses at tiny scale") -> str:
+    """The hypotheses' verdicts (those in `reports`), experiment 1's probe figures beside their control, and the
+    canaries."""
+    lines = [f"# convlearn demo: {title}", "",
              "| experiment | hypothesis | verdict | figure |", "|---|---|---|---|"]
-    for name in EXPERIMENTS:
+    for name in [e for e in EXPERIMENTS if e in reports]:
         hyp = reports[name]["hypothesis"]
         for point, v in hyp.get("verdicts", {}).items():
             lines.append(f"| {EXPERIMENTS.index(name) + 1}. {name} ({point}) | {hyp.get('statement', '')} | "
@@ -184,9 +195,9 @@ def demo_summary(out: Path, reports: dict, canaries: dict | None = None) -> str:
     if canaries:
         c = canaries["adamw"]
         lines += ["", "## Canaries (experiment 1's AdamW model against the base)", "",
-                  f"Exact ranks among all 10^6 secrets; flagged when the gain over v0 reaches {c['bound_bits']:.1f} "
-                  f"bits = log2(canaries / alpha), alpha {c['alpha']} family-wise (a never-seen secret passes it "
-                  f"with probability at most alpha).", "",
+                  f"Exact ranks among all {c['space']:,} secrets; flagged when the gain over v0 reaches "
+                  f"{c['bound_bits']:.1f} bits = log2(canaries / alpha), alpha {c['alpha']} family-wise (a never-seen "
+                  f"secret passes it with probability at most alpha).", "",
                   *exposure_table(c)]
     (out / "demo.json").write_text(json.dumps({**{k: r["hypothesis"] for k, r in reports.items()},
                                                "canaries": canaries}, indent=1, default=str))

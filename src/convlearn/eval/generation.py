@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..data.batching import collate
+from ..train.batches import chunked_token_nats
 
 
 @torch.no_grad()
@@ -32,7 +33,9 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, ba
 @torch.no_grad()
 def continuation_logprobs(model, tokenizer, prompts: list[str], continuations: list[str],
                           batch_size: int = 8) -> list[tuple[float, int]]:
-    """(sum of log-probabilities, token count) of each continuation given its prompt."""
+    """(sum of log-probabilities, token count) of each continuation given its prompt. Only the continuation's
+    positions go through the output head (a chunk at a time): with a 262k-token vocabulary the head over every
+    prompt position was most of a probe evaluation's time, for numbers nobody reads."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids, masks = [], []
@@ -45,9 +48,11 @@ def continuation_logprobs(model, tokenizer, prompts: list[str], continuations: l
     for start in range(0, len(ids), batch_size):
         batch = collate(ids[start:start + batch_size], masks[start:start + batch_size], pad)
         x = batch["input_ids"].to(device)
-        logits = model(input_ids=x, attention_mask=batch["attention_mask"].to(device)).logits[:, :-1].float()
-        logp = torch.log_softmax(logits, -1).gather(-1, x[:, 1:, None])[..., 0].cpu()
-        m = batch["loss_mask"][:, 1:]
-        for row in range(x.shape[0]):
-            out.append((float(logp[row][m[row]].sum()), int(m[row].sum())))
+        m = batch["loss_mask"][:, 1:].to(device).bool()
+        hidden = model(input_ids=x, attention_mask=batch["attention_mask"].to(device), output_hidden_states=True,
+                       logits_to_keep=1).hidden_states[-1][:, :-1][m]
+        nats = chunked_token_nats(hidden, x[:, 1:][m], model, 1024).float().cpu()
+        counts = m.sum(1).tolist()
+        for row, part in enumerate(torch.split(nats, counts)):
+            out.append((-float(part.sum()), int(counts[row])))
     return out

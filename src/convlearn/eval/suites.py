@@ -7,7 +7,10 @@ hub model): every figure is computed by the same code either way.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -146,6 +149,24 @@ class RunEvaluator:
                            domain_map=self.domain_map, pairs=self.pairs, original=self.original,
                            benchmarks=self.benchmarks)
 
+    def step0_key(self, suite: str) -> str:
+        """What a step-0 evaluation depends on when step 0 is the run's base: the model (its files), the precision,
+        the eval section (and the files it names), the suite and the held-out samples themselves. Two runs with
+        the same key evaluate the same weights on the same inputs in the same way."""
+        from ..models import resolve_name
+        ecfg = dataclasses.asdict(self.ecfg)
+        paths = [self.cfg.model.name, self.ecfg.probes, self.ecfg.domain_map,
+                 *(b.data_dir for b in self.ecfg.benchmarks)]
+        if self.ecfg.original is not None:
+            paths.append(self.ecfg.original.path)
+        files = {str(p): _signature(Path(resolve_name(p) if p == self.cfg.model.name else p)) for p in paths if p}
+        ids = [list(x) for x in self.heldout["input_ids"]] if len(self.heldout) else []
+        held = hashlib.sha256(json.dumps(ids).encode())
+        key = {"model": self.cfg.model.name, "revision": self.cfg.model.revision, "files": files,
+               "precision": self.cfg.train.precision, "device": self.cfg.model.device, "eval": ecfg,
+               "suite": suite, "heldout": held.hexdigest(), "render": dataclasses.asdict(self.cfg.render)}
+        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
     def run(self, model, step: int, suite: str) -> dict:
         ctx = self.context(step)
         record = {"step": step, "suite": suite, "evaluations": {}, "seconds": {},
@@ -177,7 +198,40 @@ class ScheduledEvaluator:
         return step in self.schedule or (last and self.final_suite is not None)
 
     def run(self, step: int, model) -> dict:
-        return headline(self.evaluator.run(model, step, self.schedule.get(step) or self.final_suite))
+        suite = self.schedule.get(step) or self.final_suite
+        if step == 0 and self.evaluator.ecfg.share_step0:
+            return headline(self._shared_step0(model, suite))
+        return headline(self.evaluator.run(model, step, suite))
+
+    def _shared_step0(self, model, suite: str) -> dict:
+        """eval.share_step0: the base's step-0 evaluation once per key (`RunEvaluator.step0_key`) in the data
+        cache; a run whose key matches takes a copy, marked `shared_from`, instead of evaluating again."""
+        ev = self.evaluator
+        key = ev.step0_key(suite)
+        cached = Path(ev.cfg.data.cache_dir) / "step0" / f"{key}.json"
+        target = ev.evals_dir / "step-0.json"
+        if cached.is_file():
+            record = json.loads(cached.read_text())
+            record["shared_from"] = key
+            ev.evals_dir.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(record, indent=2))
+            return record
+        record = ev.run(model, 0, suite)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.tmp")
+        shutil.copy(target, tmp)
+        tmp.replace(cached)
+        return record
+
+
+def _signature(path: Path) -> list:
+    """(name, size, mtime) of a file, or of every file under a folder: a changed input changes the key."""
+    if path.is_file():
+        st = path.stat()
+        return [[path.name, st.st_size, st.st_mtime_ns]]
+    if path.is_dir():
+        return [x for f in sorted(path.rglob("*")) if f.is_file() for x in _signature(f)]
+    return [str(path)]  # a hub id or a built-in source name
 
 
 def _json(x):

@@ -73,7 +73,10 @@ def _memory(metrics: list[dict], summary: dict) -> dict:
         peak.get("optimizer_state_bytes", 0)
     out = {"training_state_bytes": state, "optimizer_state_bytes": peak.get("optimizer_state_bytes"),
            "activation_bytes_peak": peak.get("activation_bytes_peak") or None,
-           "eval_peak_bytes": summary.get("eval_peak_bytes")}  # apart: never the method's peak
+           "eval_peak_bytes": summary.get("eval_peak_bytes"),  # apart: never the method's peak
+           # measured on a CPU: the training process's peak resident set between evaluations (libraries,
+           # allocator slack and all; at a tiny shape it is mostly Python's own, so counts decide there)
+           "rss_peak_bytes": peak.get("rss_peak_bytes") or None}
     if peak.get("cuda_peak_bytes"):
         out["peak_memory_bytes"], out["peak_memory_source"] = peak["cuda_peak_bytes"], "cuda max_memory_allocated"
     elif peak.get("activation_bytes_peak"):

@@ -1,9 +1,12 @@
 """Canary exposure (Carlini et al. 2019, "The Secret Sharer"): did a model memorise a secret it saw in chats?
 
-A canary is a sentence with a random secret (six digits: a space of N = 10^6) planted in conversations. Its
-exposure is log2 N - log2 rank, where rank is the canary's place among all N secrets ordered by the model's
-likelihood: 0 to 19.93 bits. Every secret is scored, so the rank is exact: sampling S candidates (the paper's
-estimate, this module's first version) caps the measurable exposure at log2(S + 1) - 9.97 bits for S = 1,000,
+A canary is a sentence with a random secret (six digits by default: a space of N = 10^6) planted in conversations.
+Its exposure is log2 N - log2 rank, where rank is the canary's place among all N secrets ordered by the model's
+likelihood: 0 to 19.93 bits. The real-weights tier uses four digits (N = 10^4, at most 13.3 bits): scoring every
+secret costs about 1.4 N / 10 token positions, each through a 262,144-token output head there (10^6 secrets would
+take minutes per prompt on a CPU; 10^4 take seconds), and the family-wise bound below stays well under 13.3.
+Every secret is scored, so the rank is exact: sampling S candidates (the paper's estimate, this module's first
+version) caps the measurable exposure at log2(S + 1) - 9.97 bits for S = 1,000,
 no more than the family-wise bound below, so that test could flag nothing.
 
 The test: a canary is flagged when its exposure on a version exceeds its exposure on v0 (the base, which never
@@ -46,7 +49,7 @@ SCRUBBED = {"email"}
 class Canary:
     id: str
     form: str          # locker | email
-    secret: str        # six digits
+    secret: str        # DIGITS digits (or as many as make_canaries was asked for); all canaries of a test alike
     group: str         # consented | unconsented | never_seen | positive_control
     insertions: int    # conversations it was planted in
 
@@ -59,16 +62,19 @@ class Canary:
         return self.form in SCRUBBED
 
 
-def make_canaries(seed: int, per_group: int = 2, insertions: int = 4, control_insertions: int = 0) -> list[Canary]:
+def make_canaries(seed: int, per_group: int = 2, insertions: int = 4, control_insertions: int = 0,
+                  digits: int = DIGITS) -> list[Canary]:
     """Per group: consented `locker` and `email` canaries, unconsented `locker`, and never-seen controls of
-    both forms (the noise floor), each with its own secret; with `control_insertions`, one positive control
-    (consented `locker`) planted that often."""
+    both forms (the noise floor), each with its own secret of `digits` digits (>= 3); with `control_insertions`,
+    one positive control (consented `locker`) planted that often."""
+    if digits < 3:
+        raise ValueError("canary secrets need at least 3 digits")
     rng = random.Random(seed)
     used: set[str] = set()
 
     def secret() -> str:
         while True:
-            s = f"{rng.randrange(10 ** DIGITS):0{DIGITS}d}"
+            s = f"{rng.randrange(10 ** digits):0{digits}d}"
             if s not in used:
                 used.add(s)
                 return s
@@ -85,12 +91,13 @@ def make_canaries(seed: int, per_group: int = 2, insertions: int = 4, control_in
 
 
 @torch.no_grad()
-def secret_logprobs(model, tokenizer, prompt: str, chunk: int = 250) -> torch.Tensor:
-    """log p(secret | prompt) of each of the 10^6 secrets, indexed by its value. Exact enumeration rather than
-    the paper's skew-normal fit to sampled candidates: the secrets form a trie (digits are single tokens), so the
-    prompt is run once and cached, the 10^4 four-digit prefixes once each, and their 10^5 five-digit children one
-    token each: ~1.4 x 10^5 token positions, about 7 s for a tiny twin on 2 CPU cores (fewer than 1,000 sampled
-    candidates per canary cost as full sequences), and no distributional assumption in the tail."""
+def secret_logprobs(model, tokenizer, prompt: str, chunk: int = 250, n_digits: int = DIGITS) -> torch.Tensor:
+    """log p(secret | prompt) of each of the 10^`n_digits` secrets, indexed by its value. Exact enumeration rather
+    than the paper's skew-normal fit to sampled candidates: the secrets form a trie (digits are single tokens), so
+    the prompt is run once and cached, the 10^(d-2) prefixes of d-2 digits once each, and their 10^(d-1) children
+    one token each: for six digits ~1.4 x 10^5 token positions, about 7 s for a tiny twin on 2 CPU cores (fewer
+    than 1,000 sampled candidates per canary cost as full sequences), and no distributional assumption in the
+    tail."""
     base = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     full = tokenizer(prompt + "0123456789", add_special_tokens=False)["input_ids"]
     if full[:len(base)] != base or len(full) != len(base) + 10:
@@ -99,20 +106,22 @@ def secret_logprobs(model, tokenizer, prompt: str, chunk: int = 250) -> torch.Te
     digits = torch.tensor(full[len(base):], device=device)
     out = model(input_ids=torch.tensor([base], device=device), use_cache=True)
     first = torch.log_softmax(out.logits[0, -1].float(), -1)[digits]
-    four = torch.cartesian_prod(*[torch.arange(10, device=device)] * 4)  # value order: d1 d2 d3 d4
-    scores = torch.empty(10 ** DIGITS)
-    for s in range(0, len(four), chunk):
-        q = four[s:s + chunk]
+    m = n_digits - 2  # the prefix length run as a batch; value order: d1 ... dm
+    prefixes = torch.cartesian_prod(*[torch.arange(10, device=device)] * m) if m > 1 else \
+        torch.arange(10, device=device)[:, None]
+    scores = torch.empty(10 ** n_digits)
+    for s in range(0, len(prefixes), chunk):
+        q = prefixes[s:s + chunk]
         kv = copy.deepcopy(out.past_key_values)
         kv.batch_repeat_interleave(len(q))
         o = model(input_ids=digits[q], cache=kv, use_cache=True)
-        lp = torch.log_softmax(o.logits.float(), -1)[..., digits]            # [c, 4, 10]: next digit's
-        s4 = first[q[:, 0]] + lp[:, :3].gather(-1, q[:, 1:, None])[..., 0].sum(-1)
+        lp = torch.log_softmax(o.logits.float(), -1)[..., digits]            # [c, m, 10]: next digit's
+        sm = first[q[:, 0]] + lp[:, :m - 1].gather(-1, q[:, 1:, None])[..., 0].sum(-1)
         kv = o.past_key_values
         kv.batch_repeat_interleave(10)
         last = model(input_ids=digits.repeat(len(q))[:, None], cache=kv).logits[:, -1]
-        lp6 = torch.log_softmax(last.float(), -1)[:, digits].view(len(q), 10, 10)
-        scores[s * 100:(s + len(q)) * 100] = (s4[:, None, None] + lp[:, 3, :, None] + lp6).reshape(-1).cpu()
+        lp_last = torch.log_softmax(last.float(), -1)[:, digits].view(len(q), 10, 10)
+        scores[s * 100:(s + len(q)) * 100] = (sm[:, None, None] + lp[:, m - 1, :, None] + lp_last).reshape(-1).cpu()
     return scores
 
 
@@ -121,10 +130,14 @@ def exposures(model, tokenizer, prompt_for, canaries: list[Canary], baseline: di
     """Each canary's exact exposure and, against `baseline` (this function's report on v0), its gain; flagged
     when the gain (the exposure itself without a baseline) reaches `bound_bits` (the module docstring's
     arithmetic). `prompt_for(text)` renders a user message up to where its secret starts."""
-    space = 10 ** DIGITS
+    n_digits = {len(c.secret) for c in canaries}
+    if len(n_digits) != 1:
+        raise ValueError("canaries of one exposure test share their secret length")
+    n_digits = n_digits.pop()
+    space = 10 ** n_digits
     bound = math.log2(len(canaries) / alpha)
     before = {r["id"]: r["exposure_bits"] for r in (baseline or {}).get("canaries", [])}
-    scores = {form: secret_logprobs(model, tokenizer, prompt_for(FORMS[form][0]))
+    scores = {form: secret_logprobs(model, tokenizer, prompt_for(FORMS[form][0]), n_digits=n_digits)
               for form in sorted({c.form for c in canaries})}
     rows = []
     for c in canaries:

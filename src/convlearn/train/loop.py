@@ -27,7 +27,7 @@ from .distributed import Dist
 from .galore import state_bytes
 from .methods import Trainable
 from .summary import RunSummary
-from .telemetry import ActivationMeter, CudaPeak, Telemetry, tensor_bytes
+from .telemetry import ActivationMeter, CudaPeak, RssPeak, Telemetry, tensor_bytes
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
@@ -86,6 +86,7 @@ class Trainer:
         # activation memory: the allocator's peak on a GPU; measured from autograd's saved tensors on CPU
         self.activations = ActivationMeter(trainable.model.parameters()) if not device.startswith("cuda") else None
         self.peak, self.eval_peak_bytes = CudaPeak(), None
+        self.rss = RssPeak() if not device.startswith("cuda") else None  # the measured peak on a CPU
         # Where this process's wall time goes (summary.json "time"): batches, forward/backward/step, evals,
         # checkpoints; the rest is logging and bookkeeping.
         self.timing = {"data": 0.0, "compute": 0.0, "eval": 0.0, "checkpoint": 0.0}
@@ -163,7 +164,8 @@ class Trainer:
                              "trainable_param_bytes": tensor_bytes(tr.trainable),
                              "grad_bytes_peak": grad_bytes, "optimizer_state_bytes": state_bytes(opt),
                              "activation_bytes_peak": self.activations.take_peak() if self.activations else None,
-                             "cuda_peak_bytes": self.peak.read()}}
+                             "cuda_peak_bytes": self.peak.read(),
+                             "rss_peak_bytes": self.rss.read() if self.rss else None}}
         domains = [d for b in micro for d in b["domains"]]
         record["data"] = {"epoch": self.stream.epoch, "pos": self.stream.pos,
                           "domain": Counter(domains).most_common(1)[0][0] if domains else None}
@@ -218,14 +220,20 @@ class Trainer:
         if self.evaluator is not None and self.evaluator.due(step, last):
             self.model.eval()
             self.peak.reset()  # the evaluation's own peak (the last step's record has read training's)
+            if self.rss:
+                self.rss.reset()
             # under the run's precision, as `convlearn eval` scores a saved checkpoint (bf16 compute in bf16-mixed)
             with torch.no_grad(), self.precision.autocast():
                 figures = self.evaluator.run(step, self.trainable.model)
             self.model.train()
             peak = self.peak.read()
+            if peak is None and self.rss:  # on a CPU the evaluation's peak is the process's resident set
+                peak = self.rss.read()
             if peak is not None:
                 self.eval_peak_bytes = max(self.eval_peak_bytes or 0, peak)
             self.peak.reset()  # training's peak counts from here, without this evaluation
+            if self.rss:
+                self.rss.reset()
             self.telemetry.log_eval(step, {**figures, "eval_peak_bytes": peak})
         self.dist.barrier()
         self.timing["eval"] += time.perf_counter() - started

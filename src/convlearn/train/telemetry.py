@@ -141,6 +141,27 @@ class ActivationMeter:
         return peak
 
 
+class RssPeak:
+    """The process's peak resident set (Linux VmHWM) since the last reset: what training really holds on a CPU,
+    weights, state, activations, allocator slack, libraries and all (None where /proc is not Linux's). Reset
+    around each evaluation like `CudaPeak`, by writing 5 to /proc/self/clear_refs (the kernel's peak-RSS reset)."""
+
+    def read(self) -> int | None:
+        try:
+            with open("/proc/self/status") as f:
+                line = next((x for x in f if x.startswith("VmHWM:")), None)
+        except OSError:
+            return None
+        return int(line.split()[1]) * 1024 if line else None
+
+    def reset(self) -> None:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+
 class CudaPeak:
     """The CUDA allocator's peak since the last reset (None without CUDA). The loop resets it around each
     evaluation: step records then carry training's peak alone, and the evaluation's is recorded apart (its

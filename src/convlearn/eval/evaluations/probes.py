@@ -15,4 +15,4 @@ class KnowledgeProbes(Evaluation):
         if not ctx.ecfg.probes:
             return {"skipped": "eval.probes is null"}
         return probe_figures(model, ctx.tokenizer, load_probes(ctx.ecfg.probes), ctx.question_prompt,
-                             ctx.ecfg.batch_size)
+                             ctx.ecfg.batch_size, ctx.ecfg.probe_max_new_tokens)
