@@ -217,6 +217,8 @@ def main(argv=None) -> None:
         acts = json.loads(LAST.read_text())["activations"]
         if args.batch != 1 or args.seq != 2048:
             ap.error("--batch / --seq other than the recorded 1 x 2048 need --activations")
+        if args.models == ["all"]:  # the models the recorded activations cover (a newer registry entry needs
+            models = [n for n in models if n in acts]  # --activations once)
     result = {"activations": acts, "batch": args.batch, "seq": args.seq, "counts": {}, "peak": {}}
     for precision in args.precision:
         counts = count_all(models, ROWS, precision)

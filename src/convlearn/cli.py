@@ -120,7 +120,7 @@ def _cmd_demo(args) -> int:
         return 0
     if args.real:
         from .demos.real import run_real
-        run_real("runs/real" if default else args.out, train_steps=2 if args.quick else 60, quick=args.quick)
+        run_real("runs/real" if default else args.out, train_steps=2 if args.quick else 40, quick=args.quick)
         return 0
     from .demos.offline import run_demo
     run_demo(args.out, *((60, 30, 10) if args.quick else (400, 150, 40)), quick=args.quick)

@@ -207,3 +207,17 @@ def test_qwen_injects_its_default_system_prompt_outside_the_mask(tokenizers):
     text = tok.decode(s.input_ids)
     assert "You are Qwen, created by Alibaba Cloud." in text
     assert "Qwen" not in masked(tok, s.input_ids, s.assistant_mask)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_documents_start_with_bos_where_the_tokenizer_starts_text_with_one(tokenizers, arch):
+    """Plain text is scored as the model was pretrained on it: Gemma and Llama tokenizers put BOS first (a Gemma
+    base without it scores text ~10x worse); Qwen2 has no BOS and Phi-3's adds none, so nothing is added."""
+    from convlearn.data.records import Document
+    tok = tokenizers[arch]
+    (s,), = renderer(tokenizers, arch).render_documents([Document("d", "t", "Plain text, as pretraining saw it.")])
+    adds = tok.bos_token_id is not None and tok("a")["input_ids"][:1] == [tok.bos_token_id]
+    assert adds == (arch in ("llama", "gemma2", "gemma3_text"))
+    expected = tok(("" if not adds else tok.bos_token) + "Plain text, as pretraining saw it." + (tok.eos_token or ""),
+                   add_special_tokens=False)["input_ids"]
+    assert s.input_ids.tolist() == expected and s.token_mask.all() and not s.assistant_mask.any()

@@ -108,8 +108,9 @@ def test_probes_tell_a_learned_fact_from_a_seen_answer(tmp_path, tiny_models):
 
 @pytest.mark.parametrize("arch", ["gemma2", "gemma3_text", "qwen2"])
 def test_continuation_logprobs_equal_full_logits(tiny_models, tokenizers, arch):
-    """The head runs only over the continuation's positions: the same log-probabilities as full logits
-    (Gemma-2's softcapping included), for prompts and continuations of different lengths in one batch."""
+    """The head runs only over the continuation's positions, and a shared prompt runs once: the same
+    log-probabilities as full logits (Gemma-2's softcapping, Gemma-3's sliding layers included), for prompts and
+    continuations of different lengths."""
     import torch
 
     from convlearn.eval.generation import continuation_logprobs
@@ -117,8 +118,12 @@ def test_continuation_logprobs_equal_full_logits(tiny_models, tokenizers, arch):
     model, tok = load_model(str(tiny_models[arch]), device="cpu").eval(), tokenizers[arch]
     prompts = ["Question: what is the capital?", "Hi", "A longer prompt about rivers and their sources, truly."]
     conts = [" Paris", " hello there, friend", " the Nile"]
-    got = continuation_logprobs(model, tok, prompts, conts, batch_size=2)
-    for (lp, n), p, c in zip(got, prompts, conts):
+    # prompts with several candidates each: run once (left-padded together when they have as many), cache reused
+    shared = [prompts[0]] * 3 + [prompts[2]] * 2 + [prompts[1]] * 2
+    shared_conts = [" Paris", " Rome, of course", " Oslo", " the Nile", " the Amazon river", " hey", " hello you"]
+    got = continuation_logprobs(model, tok, prompts, conts, batch_size=2) + continuation_logprobs(
+        model, tok, shared, shared_conts)
+    for (lp, n), p, c in zip(got, prompts + shared, conts + shared_conts):
         a, b = tok(p, add_special_tokens=False)["input_ids"], tok(c, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=torch.tensor([a + b])).logits[0].float(), -1)

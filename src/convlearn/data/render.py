@@ -267,9 +267,12 @@ class ChatRenderer:
 
     # -- plain documents (the original distribution) -----------------------------------------------------
     def render_documents(self, docs: list[Document]) -> list[list[Sample]]:
-        """Text + EOS, cut into max_seq_len chunks (counted); every token is a target, none is assistant."""
+        """BOS (where the tokenizer starts text with one) + text + EOS, cut into max_seq_len chunks (counted);
+        every token is a target, none is assistant. The BOS matters: Gemma-3-270M scores plain docstrings at
+        perplexity 184 without it and 19 with it (its pretraining always had it), so original-text figures
+        without it measure the missing token, not the text."""
         eos = self.tok.eos_token or ""
-        texts = [d.text + eos for d in docs]
+        texts = [self._document_bos + d.text + eos for d in docs]
         out = []
         for doc, enc in zip(docs, self.encoder.encode(texts)):
             ids, nbytes = enc.ids, enc.nbytes
@@ -282,6 +285,12 @@ class ChatRenderer:
             self.stats.samples += len(chunks)
             self.stats.tokens += len(ids)
         return out
+
+    @property
+    def _document_bos(self) -> str:
+        bos = self.tok.bos_token_id
+        starts = self.tok("a")["input_ids"][:1] == [bos] if bos is not None else False
+        return self.tok.bos_token if starts else ""
 
     # -- prompt/response pairs for evaluation ------------------------------------------------------------
     def prompt_response_pairs(self, conv: Conversation) -> list[dict]:

@@ -210,6 +210,7 @@ def run_live(out: str | Path, quick: bool = False, real: bool = False) -> dict:
                 time.sleep(0.1)
         print("[5/5] report: every version on both fact sets, retention, canary exposure", flush=True)
         report = _report(out, cfg, server.store, shared, private, canaries, rounds, talks, quick)
+        report["base"] = f"{REAL_BASE} (Gemma-3-270M base, real weights)" if real else "tiny Qwen2 twin (docstrings)"
     finally:
         server.stop()
     report["seconds"] = round(time.perf_counter() - t0, 1)
@@ -290,7 +291,8 @@ def _bounds(cfg: RunConfig) -> str:
 def report_markdown(report: dict) -> str:
     f = lambda v, d=3: "–" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
     lines = ["# convlearn live demo: a served model learning from its consented conversations", "",
-             f"Facts users shared with consent: {report['facts']['shared']}; facts told without consent: "
+             f"Base: {report.get('base', 'tiny Qwen2 twin (docstrings)')}. Facts users shared with consent: "
+             f"{report['facts']['shared']}; facts told without consent: "
              f"{report['facts']['private']}. Probe accuracy is the likelihood choice of the true answer among the "
              f"answers of the other facts of its group (taught as often), on phrasings no conversation used (chance "
              f"{f(report['versions'][0]['chance'], 2)}); control: the same phrasings about another subject of the "

