@@ -126,6 +126,16 @@ def resolve_name(name: str) -> str:
     return gguf_models.resolve(name, convert_gguf)
 
 
+def end_of_turn_ids(tokenizer, facts: FamilyFacts | None) -> list[int]:
+    """The eos id and the family's end-of-turn id (once each, where the tokenizer has them): where `generate`
+    must stop for an assistant's turn to end."""
+    ids = [tokenizer.eos_token_id]
+    if facts is not None and facts.end_of_turn:
+        ids.append(tokenizer.convert_tokens_to_ids(facts.end_of_turn))
+    unk = tokenizer.unk_token_id
+    return [i for i in dict.fromkeys(ids) if i is not None and i != unk]
+
+
 def convert_gguf(source: Path, out: Path) -> None:
     """Dequantize the GGUF `source` through transformers into a plain fp32 safetensors folder `out`: no
     quantization config left, the family's chat template where the file has none, eos ids that end a turn."""
@@ -143,10 +153,7 @@ def convert_gguf(source: Path, out: Path) -> None:
     facts = FAMILIES.get(model.config.model_type)
     if not tokenizer.chat_template and facts is not None and facts.chat_template:
         tokenizer.chat_template = facts.chat_template
-    eos = [tokenizer.eos_token_id]
-    if facts is not None and facts.end_of_turn:
-        eos.append(tokenizer.convert_tokens_to_ids(facts.end_of_turn))
-    model.generation_config.eos_token_id = [i for i in dict.fromkeys(eos) if i is not None]
+    model.generation_config.eos_token_id = end_of_turn_ids(tokenizer, facts)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

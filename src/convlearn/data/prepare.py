@@ -28,7 +28,8 @@ from .render import ChatRenderer, Sample, pack
 from .stream import iter_records, prefetch_batches
 from .topics import TopicLabeler, first_user_turn, labeler_cache_path
 
-CACHE_VERSION = 3  # 3: documents start with the tokenizer's BOS. Bump when normalization or rendering changes what a cache holds
+# 3: documents start with the tokenizer's BOS. Bump when normalization or rendering changes what a cache holds.
+CACHE_VERSION = 3
 
 SAMPLE_SCHEMA = pa.schema([
     ("input_ids", pa.list_(pa.int32())), ("token_mask", pa.list_(pa.int8())),

@@ -69,8 +69,6 @@ def run_packaged(out: Path, name: str, sets: list[str], tier: str = "tiny", extr
                         sweep.hypothesis, lr_choice=root / "lr_choice.json")
 
 
-_run = run_packaged
-
 
 def run_demo(out: str | Path, pretrain_steps: int = 400, train_steps: int = 150, pilot_steps: int = 40,
              quick: bool = False) -> dict:
@@ -96,7 +94,7 @@ def run_demo(out: str | Path, pretrain_steps: int = 400, train_steps: int = 150,
     grid["method"] = [p for p in grid["method"] if p["name"] in DEMO_METHODS]
     print(f"[4/6] experiment 1: learning-rate pilots ({pilot_steps} steps per rate, scored on a validation slice), "
           f"then {', '.join(DEMO_METHODS)} ({train_steps} steps each) ...", flush=True)
-    reports = {"optimizers": _run(out, "optimizers", [*common, f"train.max_steps={train_steps}"], grid=grid,
+    reports = {"optimizers": run_packaged(out, "optimizers", [*common, f"train.max_steps={train_steps}"], grid=grid,
                                   lr_search={"factors": [0.3, 1, 3], "steps": pilot_steps})}
     print("      canary exposure: the base (v0) and experiment 1's AdamW run, each canary against v0 ...",
           flush=True)
@@ -104,11 +102,11 @@ def run_demo(out: str | Path, pretrain_steps: int = 400, train_steps: int = 150,
     print("[5/6] experiments 2-4 at the rate experiment 1 picked: data scaling, online adaptation, replay ...",
           flush=True)
     # quick: the same sizes in fewer, larger steps; the online stream cut to its first topics
-    reports["data_scaling"] = _run(out, "data_scaling", common + (["train.batch_size=16"] if quick else []))
-    reports["online"] = _run(out, "online", common + (["data.max_conversations=300"] if quick else []))
+    reports["data_scaling"] = run_packaged(out, "data_scaling", common + (["train.batch_size=16"] if quick else []))
+    reports["online"] = run_packaged(out, "online", common + (["data.max_conversations=300"] if quick else []))
     grid = yaml.safe_load((PACKAGED / "tiny" / "replay.yaml").read_text())["grid"]
     grid["replay"] = [p for p in grid["replay"] if p["name"] in ("r0", "r10")]
-    reports["replay"] = _run(out, "replay", [*common, f"train.max_steps={train_steps}"], grid=grid)
+    reports["replay"] = run_packaged(out, "replay", [*common, f"train.max_steps={train_steps}"], grid=grid)
     print("[6/6] reports ...", flush=True)
     summary = demo_summary(out, reports, canary_report)
     (out / "demo.md").write_text(summary)

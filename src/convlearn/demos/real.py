@@ -27,7 +27,8 @@ from ..data.probes import write_probes
 from ..experiments.sweep import PACKAGED
 from .offline import canary_exposures, demo_summary, run_packaged, write_canaries
 
-CHAT_PER_TOPIC = 10  # conversations of each chatterbot topic: ~200, so 40 steps of 8 pass the data (+ probes, canaries) ~once
+# conversations of each chatterbot topic: ~200, so 40 steps of 8 pass the data (+ probes, canaries) ~once
+CHAT_PER_TOPIC = 10
 RETENTION_PER_KIND = 25  # questions of each kind (capital, continent, currency): 75, +-0.1 at 95%
 
 

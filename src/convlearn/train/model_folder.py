@@ -14,16 +14,14 @@ from pathlib import Path
 
 from transformers import GenerationConfig
 
+from ..models import end_of_turn_ids as _end_of_turn_ids
+
 ADAPTER_CONFIG = "adapter_config.json"
 
 
 def end_of_turn_ids(tokenizer, spec) -> list[int]:
-    """The eos id and the family's end-of-turn id (once each, where the tokenizer has them)."""
-    ids = [tokenizer.eos_token_id]
-    if spec is not None and spec.facts.end_of_turn:
-        ids.append(tokenizer.convert_tokens_to_ids(spec.facts.end_of_turn))
-    unk = tokenizer.unk_token_id
-    return [i for i in dict.fromkeys(ids) if i is not None and i != unk]
+    """The eos id and the family's end-of-turn id (`models.end_of_turn_ids` for a registry spec)."""
+    return _end_of_turn_ids(tokenizer, spec.facts if spec is not None else None)
 
 
 def complete(folder: Path, tokenizer, spec, base: str | None = None) -> Path:
