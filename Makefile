@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/convlearn demo --out runs/demo
 
 test: $(STAMP) browser lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 # pyflakes, pycodestyle and import order ([tool.ruff] in pyproject.toml); no fixing here: `ruff check --fix` by hand.
 lint: $(STAMP)

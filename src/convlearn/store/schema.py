@@ -7,6 +7,8 @@ from a wheel with no migration scripts on disk.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -21,6 +23,7 @@ from sqlalchemy import (
     Text,
     event,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
 
@@ -114,7 +117,9 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 def migrate(engine: Engine) -> int:
     """Bring a store up to SCHEMA_VERSION in one transaction; returns the version it was at."""
-    with engine.begin() as conn:
+    with writing(engine) as conn:
+        if engine.dialect.name == "postgresql":  # processes started together migrate one at a time
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
         schema_version.create(conn, checkfirst=True)
         row = conn.execute(select(schema_version.c.version)).first()
         start = row.version if row else 0
@@ -130,14 +135,36 @@ def migrate(engine: Engine) -> int:
     return start
 
 
+MIGRATION_LOCK = 0x636C6D67  # PostgreSQL advisory-lock key held while migrating ("clmg")
+
+
+@contextmanager
+def writing(engine: Engine):
+    """A transaction that means to write. On SQLite it is BEGIN IMMEDIATE: the write lock is taken first (waiting
+    on busy_timeout), so a read-then-write can never fail on a stale snapshot and concurrent migrations queue.
+    Elsewhere an ordinary transaction (row locks and upserts do the rest)."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execution_options(sqlite_immediate=True)
+        with conn.begin():
+            yield conn
+
+
 def sqlite_pragmas(engine: Engine) -> None:
     """SQLite: write-ahead log (readers never block the writer, a killed writer loses no committed row),
-    foreign keys on (deletes cascade), a busy timeout instead of immediate 'database is locked'."""
+    foreign keys on (deletes cascade), a busy timeout instead of immediate 'database is locked'. SQLAlchemy
+    emits BEGIN itself (its documented recipe: pysqlite's own implicit BEGIN skips DDL, so a migration would
+    not be one transaction), IMMEDIATE for `writing`."""
     if engine.dialect.name != "sqlite":
         return
 
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("sqlite_immediate") else "BEGIN")
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")

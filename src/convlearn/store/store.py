@@ -15,11 +15,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import and_, create_engine, delete, func, select, text, update
+from sqlalchemy import Integer, String, and_, cast, create_engine, delete, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import UserError
 from .layout import ServeDir
-from .schema import conversations, feedback, keys, messages, migrate, pointers, sqlite_pragmas, versions
+from .schema import conversations, feedback, keys, messages, migrate, pointers, sqlite_pragmas, versions, writing
 
 KEY_PREFIX = "cl-"
 CURRENT = "current_version"
@@ -73,6 +74,21 @@ def open_store(folder: str | Path | None, url: str | None = None) -> "Store":
     return Store(url or default_url(folder or "convlearn-live"))
 
 
+def _upsert(c, name: str, value: str, on_conflict=None) -> None:
+    """Insert a pointer or, where it exists, set it (to `on_conflict`, an expression over the old row, if given)
+    in one statement. SQLAlchemy's core insert has no upsert; the two dialects we support spell it alike."""
+    dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(c.dialect.name)
+    now = time.time()
+    if dialect is None:  # another database: update, else insert (not safe against a concurrent first insert)
+        if c.execute(update(pointers).where(pointers.c.name == name)
+                     .values(value=value if on_conflict is None else on_conflict, updated=now)).rowcount == 0:
+            c.execute(pointers.insert().values(name=name, value=value, updated=now))
+        return
+    stmt = dialect.insert(pointers).values(name=name, value=value, updated=now)
+    c.execute(stmt.on_conflict_do_update(index_elements=[pointers.c.name], set_={
+        "value": stmt.excluded.value if on_conflict is None else on_conflict, "updated": now}))
+
+
 class Store:
     def __init__(self, url: str):
         if url.startswith("sqlite:///"):
@@ -89,7 +105,7 @@ class Store:
     def add_key(self, name: str, consent_default: bool = False) -> str:
         """A new API key (returned once; only its hash is stored)."""
         secret = KEY_PREFIX + secrets.token_urlsafe(24)
-        with self.engine.begin() as c:
+        with writing(self.engine) as c:
             if c.execute(select(keys.c.id).where(keys.c.name == name)).first():
                 raise UserError(f"a key named {name!r} exists already")
             c.execute(keys.insert().values(name=name, key_hash=hash_key(secret), prefix=secret[:7],
@@ -115,7 +131,7 @@ class Store:
         conversation whose messages so far are exactly its history less the last message (same key);
         otherwise it starts one. `consent` None: the conversation's own (a new one: the key's default)."""
         now = time.time()
-        with self.engine.begin() as c:
+        with writing(self.engine) as c:
             seq = self._next_seq(c)
             found = c.execute(select(conversations.c.id, conversations.c.seq).where(and_(
                 conversations.c.key_id == key.id, conversations.c.head == history_hash(history[:-1])))
@@ -141,17 +157,15 @@ class Store:
         return cid
 
     def _next_seq(self, c) -> int:
-        """A store-wide arrival counter, taken inside the writing transaction."""
-        row = c.execute(select(pointers.c.value).where(pointers.c.name == "seq")).first()
-        value = int(row.value) + 1 if row else 1
-        if row:
-            c.execute(update(pointers).where(pointers.c.name == "seq").values(value=str(value), updated=time.time()))
-        else:
-            c.execute(pointers.insert().values(name="seq", value=str(value), updated=time.time()))
-        return value
+        """A store-wide arrival counter, taken inside the writing transaction. One upsert that writes before it
+        reads: SQLite takes its write lock, PostgreSQL the row's, so concurrent writers (threads or replicas)
+        queue instead of reading the same value or racing each other's first insert."""
+        bumped = cast(cast(pointers.c.value, Integer) + 1, String)
+        _upsert(c, "seq", "1", on_conflict=bumped)
+        return int(c.execute(select(pointers.c.value).where(pointers.c.name == "seq")).scalar_one())
 
     def set_consent(self, conversation_id: str, key: ApiKey, consent: bool) -> bool:
-        with self.engine.begin() as c:
+        with writing(self.engine) as c:
             done = c.execute(update(conversations).where(and_(conversations.c.id == conversation_id,
                                                               conversations.c.key_id == key.id))
                              .values(consent=consent, updated=time.time()))
@@ -159,7 +173,7 @@ class Store:
 
     def delete_conversation(self, conversation_id: str, key: ApiKey) -> bool:
         """Gone from the store: its messages, its feedback, the conversation."""
-        with self.engine.begin() as c:
+        with writing(self.engine) as c:
             owned = c.execute(select(conversations.c.id).where(and_(
                 conversations.c.id == conversation_id, conversations.c.key_id == key.id))).first()
             if not owned:
@@ -173,7 +187,7 @@ class Store:
         return True
 
     def add_feedback(self, key: ApiKey, response_id: str, rating: int, text_: str | None) -> bool:
-        with self.engine.begin() as c:
+        with writing(self.engine) as c:
             known = c.execute(select(messages.c.id).join(conversations).where(and_(
                 messages.c.response_id == response_id, conversations.c.key_id == key.id))).first()
             if not known:
@@ -277,13 +291,10 @@ class Store:
 
     @staticmethod
     def _set_pointer(c, name: str, value: str) -> None:
-        if c.execute(select(pointers.c.name).where(pointers.c.name == name)).first():
-            c.execute(update(pointers).where(pointers.c.name == name).values(value=value, updated=time.time()))
-        else:
-            c.execute(pointers.insert().values(name=name, value=value, updated=time.time()))
+        _upsert(c, name, value)
 
     def set_pointers(self, values: dict[str, str]) -> None:
-        with self.engine.begin() as c:
+        with writing(self.engine) as c:
             for name, value in values.items():
                 self._set_pointer(c, name, value)
 
@@ -291,7 +302,7 @@ class Store:
                        ) -> None:
         """A version row and the pointers that go with it (the learner's cursor; `current` when promoted), in
         one transaction: the model folder exists before, so a version is never current half-written."""
-        with self.engine.begin() as c:
+        with writing(self.engine) as c:
             c.execute(versions.insert().values({**version.values(), "created": version.created or time.time()}))
             for name, value in (pointers_ or {}).items():
                 self._set_pointer(c, name, value)
@@ -299,7 +310,7 @@ class Store:
                 self._set_pointer(c, CURRENT, version.id)
 
     def set_current(self, version_id: str) -> None:
-        with self.engine.begin() as c:
+        with writing(self.engine) as c:
             row = c.execute(select(versions.c.status).where(versions.c.id == version_id)).first()
             if row is None:
                 raise UserError(f"no version {version_id!r} in the store")

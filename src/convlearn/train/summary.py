@@ -21,7 +21,7 @@ class RunSummary:
     world_size: int
     precision: str                 # the resolved mode: "fp32" | "bf16-mixed" | "bf16"
     time: dict                     # where the wall time went (data, compute, eval, checkpoint, other, wall)
-    eval_peak_bytes: int | None = None  # the scheduled evaluations' CUDA peak, apart from training's (None: CPU)
+    eval_peak_bytes: int | None = None  # evaluations' peak apart from training's: CUDA allocator, or RSS on CPU
     galore: dict | None = None     # the optimizer's projector statistics at the last step, for GaLore methods
     # -- added by run_training (experiments/run.py) on the main process ---------------------------------------
     final_model: str | None = None
