@@ -129,3 +129,27 @@ def test_continuation_logprobs_equal_full_logits(tiny_models, tokenizers, arch):
             logp = torch.log_softmax(model(input_ids=torch.tensor([a + b])).logits[0].float(), -1)
         want = sum(float(logp[len(a) - 1 + i, t]) for i, t in enumerate(b))
         assert n == len(b) and lp == pytest.approx(want, abs=1e-4)
+
+
+def test_probes_without_generation_keep_every_likelihood_figure(tmp_path, tiny_models, tokenizers):
+    """`probe_max_new_tokens` 0 (the real tier: greedy answers cost most of a probe pass there): the likelihood
+    figures and their tests are exactly those of a pass that also generates; the generated figures are None."""
+    from transformers import AutoModelForCausalLM
+
+    from convlearn.eval.probes import load_probes, probe_figures
+    probes_path, _ = write_probes(tmp_path / "probes", n=4, seed=0, mentions=2, kinds=("capital", "river"))
+    probes = load_probes(probes_path)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_models["qwen2"])).eval()
+    tok = tokenizers["qwen2"]
+
+    def prompt(q):
+        return tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+    with_answers = probe_figures(model, tok, probes, prompt, 4, max_new_tokens=4)
+    likelihood_only = probe_figures(model, tok, probes, prompt, 4, max_new_tokens=0)
+    assert len(with_answers["answers"]) == 4 and with_answers["heldout"]["answer_contained"] is not None
+    assert likelihood_only["answers"] is None and likelihood_only["answer_contained"] is None
+    assert likelihood_only["heldout"]["answer_contained"] is None and likelihood_only["heldout"]["correct"] is None
+    for key in ("ll_accuracy", "ll_accuracy_norm", "mean_margin_nats", "chance"):
+        assert likelihood_only[key] == with_answers[key]
+    for key in ("ll_accuracy", "ll_correct", "control", "lift", "vs_chance"):
+        assert likelihood_only["heldout"][key] == with_answers["heldout"][key]

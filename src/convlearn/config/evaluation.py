@@ -106,7 +106,8 @@ class EvalConfig:
     probes: Optional[str] = opt(None, "JSONL of knowledge probes {question, answer, distractors: [...]}: facts "
                                       "that appear only in the training conversations; null = skip.")
     probe_max_new_tokens: int = opt(32, "Token limit of the greedy answer to each probe question (answer_contained, "
-                                        "exact_match); the likelihood figures generate nothing.", ge=1)
+                                        "exact_match); 0: no answers generated, those figures None (the "
+                                        "likelihood figures, the evidence, generate nothing).", ge=0)
     benchmarks: list[BenchmarkConfig] = opt(
         [BenchmarkConfig("mmlu", 5), BenchmarkConfig("hellaswag"), BenchmarkConfig("arc_challenge"),
          BenchmarkConfig("truthfulqa_mc2"), BenchmarkConfig("gsm8k")],

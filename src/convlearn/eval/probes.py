@@ -55,12 +55,19 @@ def _likelihood_choice(model, tokenizer, probes: list[dict], prompts: list[str],
 
 def _ask(model, tokenizer, probes: list[dict], questions: list[str], render_prompt, batch_size: int,
          max_new_tokens: int) -> dict:
-    """Greedy answers to one question per probe (exact match, answer contained) and the likelihood choice."""
+    """Greedy answers to one question per probe (exact match, answer contained) and the likelihood choice;
+    `max_new_tokens` 0: the likelihood choice alone (no answers generated, their figures None)."""
     prompts = [render_prompt(q) for q in questions]
+    choice = _likelihood_choice(model, tokenizer, probes, prompts, batch_size)
+    if max_new_tokens == 0:
+        return {"answers": None, "exact": None, "contains": None, **choice}
     answers = greedy_answers(model, tokenizer, prompts, max_new_tokens, batch_size)
     return {"answers": answers, "exact": [_norm(a) == _norm(p["answer"]) for a, p in zip(answers, probes)],
-            "contains": [f" {_norm(p['answer'])} " in f" {_norm(a)} " for a, p in zip(answers, probes)],
-            **_likelihood_choice(model, tokenizer, probes, prompts, batch_size)}
+            "contains": [f" {_norm(p['answer'])} " in f" {_norm(a)} " for a, p in zip(answers, probes)], **choice}
+
+
+def _share(flags: list[bool] | None, n: int) -> float | None:
+    return None if flags is None else sum(flags) / n
 
 
 def _chance(p: dict) -> float:
@@ -78,11 +85,12 @@ def probe_figures(model, tokenizer, probes: list[dict], render_prompt, batch_siz
     n = len(probes)
     seen = _ask(model, tokenizer, probes, [p["question"] for p in probes], render_prompt, batch_size,
                 max_new_tokens)
-    out = {"probes": n, "exact_match": sum(seen["exact"]) / n, "answer_contained": sum(seen["contains"]) / n,
+    out = {"probes": n, "exact_match": _share(seen["exact"], n), "answer_contained": _share(seen["contains"], n),
            "ll_accuracy": sum(seen["acc"]) / n, "ll_accuracy_norm": sum(seen["acc_norm"]) / n,
            "mean_margin_nats": sum(seen["margins"]) / n, "chance": sum(_chance(p) for p in probes) / n,
-           "answers": [{"id": p.get("id", i), "answer": a, "correct": c}
-                       for i, (p, a, c) in enumerate(zip(probes, seen["answers"], seen["contains"]))]}
+           "answers": None if seen["answers"] is None else [
+               {"id": p.get("id", i), "answer": a, "correct": c}
+               for i, (p, a, c) in enumerate(zip(probes, seen["answers"], seen["contains"]))]}
     pairs = [(i, p, q) for i, p in enumerate(probes) for q in p.get("heldout_questions", [])]
     if not pairs:
         return out
@@ -91,10 +99,11 @@ def probe_figures(model, tokenizer, probes: list[dict], render_prompt, batch_siz
                 max_new_tokens)
     m = len(pairs)
     correct = [int(c) for c in held["acc"]]
-    out["heldout"] = {"questions": m, "facts": len(set(facts)), "answer_contained": sum(held["contains"]) / m,
-                      "exact_match": sum(held["exact"]) / m, "ll_accuracy": sum(correct) / m,
+    out["heldout"] = {"questions": m, "facts": len(set(facts)), "answer_contained": _share(held["contains"], m),
+                      "exact_match": _share(held["exact"], m), "ll_accuracy": sum(correct) / m,
                       "ll_accuracy_norm": sum(held["acc_norm"]) / m, "mean_margin_nats": sum(held["margins"]) / m,
-                      "correct": [int(c) for c in held["contains"]], "ll_correct": correct, "fact": facts,
+                      "correct": None if held["contains"] is None else [int(c) for c in held["contains"]],
+                      "ll_correct": correct, "fact": facts,
                       "vs_chance": clustered_difference(correct, [_chance(p) for _, p, _ in pairs], facts)}
     control = [(i, p, q) for i, p in enumerate(probes) for q in p.get("control_questions", [])]
     if control:
