@@ -26,7 +26,7 @@ ALLOWED = {
     "demos": {"errors", "config", "precision", "data", "models", "tiny", "store", "serve", "train", "eval",
               "experiments", "learn"},
 }
-TOP = {"cli", "__main__", "__init__"}  # parse and dispatch: may import anything
+TOP = {"cli", "cli_live", "__main__", "__init__"}  # parse and dispatch: may import anything
 
 
 def _layer(path: Path) -> str:

@@ -51,3 +51,36 @@ def test_processes_started_together_migrate_one_at_a_time(tmp_path):
     with store.engine.connect() as c:
         assert len(c.execute(select(schema_version)).all()) == 1
     assert sorted(k["name"] for k in store.list_keys()) == ["k0", "k1", "k2", "k3"]
+
+
+def test_a_revoked_key_authenticates_nothing_and_its_conversations_stay(tmp_path):
+    from helpers import cli_here
+    folder = tmp_path / "live"
+    store = Store(f"sqlite:///{folder / 'store.sqlite'}")
+    secret = store.add_key("alice", consent_default=True)
+    store.record_exchange(store.key_for(secret), [{"role": "user", "content": "hi"}], "hello", "r1", "v0")
+    done = cli_here("keys", "revoke", "alice", "--dir", folder)
+    assert done.returncode == 0 and "revoked" in done.stderr
+    assert store.key_for(secret) is None and store.counts()["conversations"] == 1
+    assert cli_here("keys", "list", "--dir", folder).stdout.strip().endswith("revoked")
+    again = cli_here("keys", "revoke", "alice", "--dir", folder)  # the negative case: nothing left to revoke
+    assert again.returncode == 2
+    assert again.stderr.strip() == "convlearn: error: no key named 'alice' (convlearn keys list)"
+
+
+def test_a_store_at_schema_1_migrates_to_revocable_keys(tmp_path):
+    """A store written before keys could be revoked (schema 1, no column) gains the column and keeps its keys."""
+    from sqlalchemy import create_engine, text
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = create_engine(url)
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE api_keys (id INTEGER PRIMARY KEY, name VARCHAR(200) NOT NULL UNIQUE, "
+                       "key_hash VARCHAR(64) NOT NULL UNIQUE, prefix VARCHAR(16) NOT NULL, consent_default BOOLEAN "
+                       "NOT NULL, created FLOAT NOT NULL)"))
+        c.execute(text("INSERT INTO api_keys VALUES (1, 'old', 'h', 'cl-xxxx', 1, 0)"))
+        c.execute(text("CREATE TABLE schema_version (version INTEGER NOT NULL)"))
+        c.execute(text("INSERT INTO schema_version VALUES (1)"))
+    engine.dispose()
+    store = Store(url)
+    assert [(k["name"], k["revoked"]) for k in store.list_keys()] == [("old", None)]
+    assert store.revoke_key("old") and store.list_keys()[0]["revoked"] is not None

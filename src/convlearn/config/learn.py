@@ -58,3 +58,9 @@ class LearnConfig:
                                     "conversation id); never trained on.", ge=0, lt=1)
     gate_conversations: int = opt(64, "The most recent held-out conversations the gate scores.", ge=1)
     gate: GateConfig = opt(GateConfig(), "When a candidate is promoted.")
+    keep_rejected: int = opt(2, "Retention rule: the newest this many rejected candidates' folders are kept for "
+                                "inspection; older ones, and any trained on a conversation deleted or withdrawn "
+                                "since, are deleted (every round's data, cache and checkpoints go when it "
+                                "commits).", ge=0)
+    forget_retrains: int = opt(2, "A conversation of a round deleted or withdrawn before promotion: the round drops "
+                                  "it and trains again, at most this many times; then it is rejected.", ge=0)

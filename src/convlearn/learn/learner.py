@@ -10,6 +10,13 @@ A round, in the order that makes a kill -9 anywhere safe:
 4. commit: a promoted candidate's folder is renamed into versions/ (one atomic rename), then ONE store
    transaction writes its version row, the cursor and the current-version pointer. Until that commit the
    server keeps serving the old version and the conversations stay unread; after it, they are read.
+5. prune (the retention rule): the round's data files, prepared-data cache, checkpoints and gate work are
+   deleted; its JSON records keep ids and figures only. Rejected candidates: learn.keep_rejected.
+
+Forgetting: before training starts (a resume included) and again in the promoting transaction, the round asks
+the store which of its conversations were deleted or withdrawn since it was planned. They are dropped from its
+files; if training had read them, it starts again without them (at most learn.forget_retrains times, then the
+round is rejected). The gate's held-out slice follows the same rule.
 """
 from __future__ import annotations
 
@@ -26,11 +33,11 @@ from ..config import RunConfig, SourceConfig, dump_config
 from ..errors import UserError
 from ..eval.evaluations import check_suites
 from ..models import load_tokenizer, model_spec
-from ..store import RoundDir, ServeDir, Store, Version
+from ..store import Forgotten, RoundDir, ServeDir, Store, Version
 from ..store.versions import BASE_VERSION, ensure_base
-from ..train.checkpoint import complete_checkpoints
+from ..train.checkpoint import checkpoints_dir, complete_checkpoints
 from .intake import heldout_records, read_round, reservoir_records
-from .records import GateDecision, RoundPlan, RoundRecord, TrainingOutcome
+from .records import Check, GateDecision, RoundPlan, RoundRecord, Status, TrainingOutcome
 
 log = logging.getLogger("convlearn.learn")
 
@@ -57,6 +64,18 @@ def learn_config(path: str | None, sets: list[str]):
     cfg = load_config(path, defaults + list(sets), require=("model.name",))
     check_suites(cfg.eval)  # the gate's evaluator would find an unknown evaluation only after a round's training
     return cfg
+
+
+def _drop_records(path: Path, ids: set[str]) -> list[dict]:
+    """Rewrite a round's records file without the conversations `ids`; the records kept."""
+    if not path.is_file():
+        return []
+    kept = [r for r in (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line)
+            if r["id"] not in ids]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+    os.replace(tmp, path)
+    return kept
 
 
 def _write_records(path: Path, records: list) -> None:
@@ -149,23 +168,37 @@ class Learner:
         if plan is None:
             return None
         started = time.time()
+        self.prune_rejected()
+        plan = self._forget(plan, rdir)  # at training start, a resume included
         record = RoundRecord(n, plan.version, plan.parent, plan.intake, plan.reservoir, plan.heldout)
         if not plan.train_rows:
             i = plan.intake
-            log.info("round %d: nothing to train on (%d read, dropped %s, %d held out for the gate)", n, i.read,
-                     i.dropped, i.heldout_for_gate)
+            log.info("round %d: nothing to train on (%d read, dropped %s, %d held out for the gate, %d deleted or "
+                     "withdrawn since planned)", n, i.read, i.dropped, i.heldout_for_gate, len(plan.forgotten))
             self.store.set_pointers({CURSOR: str(plan.upto), ROUND: str(n)})
             record.save(rdir.record)
+            self._prune(rdir, promoted=False)
             return record
         record.training = self._train(plan, rdir)
+        retrains = plan.retrains
+        plan = self._forget(plan, rdir)  # the gate's slice too, at the gate's start
+        if plan.retrains != retrains:
+            return self.round()  # training had read one: again, from the saved plan without it
         t_gate = time.time()
         record.gate = self._gate(plan, rdir, record.training)
         record.seconds = {"train": record.training.seconds, "gate": round(time.time() - t_gate, 1)}
-        self._commit(plan, rdir, record.gate)
+        try:
+            self._commit(plan, rdir, record.gate, last_try=plan.retrains >= self.learn.forget_retrains)
+        except Forgotten as e:  # deleted or withdrawn while the gate ran: drop them, train again
+            log.info("round %d: %s since it was planned; training again without them", n, e)
+            self._forget(plan, rdir)
+            return self.round()  # the saved plan, without them (an emptied one commits as empty)
         record.seconds["round"] = round(time.time() - started, 1)
         record.seconds["since_oldest_conversation"] = round(time.time() - plan.oldest, 1) if plan.oldest else None
+        record.gate = GateDecision.load(rdir.gate) if rdir.gate.is_file() else record.gate
         record.status = "promoted" if record.gate.promote else "rejected"
         record.save(rdir.record)
+        self._prune(rdir, promoted=record.gate.promote)
         log.info("round %d: %s %s%s", n, record.status, record.version,
                  "" if record.gate.promote else f" ({'; '.join(record.gate.reasons)})")
         return record
@@ -192,7 +225,7 @@ class Learner:
         _write_records(rdir.heldout_records, heldout)
         plan = RoundPlan(n, cursor, upto, current.id, current.path, seed, intake.counts(), len(intake.records),
                          len(reservoir), len(heldout), min((c["created"] for c in pending), default=None),
-                         trained=[r.id for r in intake.records + reservoir])
+                         trained=[r.id for r in intake.records + reservoir], heldout_ids=[r.id for r in heldout])
         plan.save(rdir.plan)
         return plan
 
@@ -206,12 +239,66 @@ class Learner:
                 out.update(dict.fromkeys(RoundPlan.load(plan).trained))
         return list(out)
 
+    def _forget(self, plan: RoundPlan, rdir: RoundDir) -> RoundPlan:
+        """The round without the conversations deleted or withdrawn since it was planned: its files rewritten
+        without them; training (checkpoints, candidate) started again if it had begun on one (`retrains`
+        counts those restarts), the gate's work if its slice held one."""
+        gone = self.store.unavailable(plan.trained + plan.heldout_ids)
+        if not gone:
+            return plan
+        kept = _drop_records(rdir.train_records, gone)
+        held = _drop_records(rdir.heldout_records, gone)
+        trained_gone = gone & set(plan.trained)
+        retrains = plan.retrains
+        if trained_gone:
+            retrains += int(rdir.run.exists() or rdir.training.exists())  # training had begun: it read them
+            for folder in (rdir.run, rdir.candidate, rdir.cache):
+                shutil.rmtree(folder, ignore_errors=True)
+            rdir.training.unlink(missing_ok=True)
+        shutil.rmtree(rdir.gate_work, ignore_errors=True)
+        rdir.gate.unlink(missing_ok=True)
+        reservoir = sum(1 for r in kept if (r.get("meta") or {}).get("reservoir"))
+        plan = dataclasses.replace(
+            plan, trained=[i for i in plan.trained if i not in gone],
+            heldout_ids=[i for i in plan.heldout_ids if i not in gone], train_rows=len(kept) - reservoir,
+            reservoir=reservoir, heldout=len(held), forgotten=sorted(set(plan.forgotten) | gone), retrains=retrains)
+        plan.save(rdir.plan)
+        log.info("round %d: %d conversation(s) deleted or withdrawn since planned, dropped (%d trained on)",
+                 plan.round, len(gone), len(trained_gone))
+        return plan
+
+    def _prune(self, rdir: RoundDir, promoted: bool) -> None:
+        """The retention rule, once the round has committed: its conversations' text and token ids go (data
+        files, prepared-data cache, gate work, checkpoints); its JSON records keep ids and figures only. A
+        promoted candidate has moved into versions/; a rejected one waits for prune_rejected."""
+        for folder in (rdir.data, rdir.cache, rdir.gate_work, checkpoints_dir(rdir.run)):
+            shutil.rmtree(folder, ignore_errors=True)
+        for leftover in rdir.run.glob("*.tmp") if rdir.run.is_dir() else ():
+            leftover.unlink(missing_ok=True)
+        if promoted:
+            shutil.rmtree(rdir.candidate, ignore_errors=True)
+
+    def prune_rejected(self) -> list[str]:
+        """Rejected candidates' folders beyond the newest learn.keep_rejected, and any trained on a conversation
+        deleted or withdrawn since: deleted (their version rows and gate decisions stay). The ids pruned."""
+        rejected = [v for v in self.store.versions() if v.status == "rejected" and v.round]
+        pruned = []
+        for i, v in enumerate(sorted(rejected, key=lambda v: v.round, reverse=True)):
+            rdir = self._round_dir(v.round)
+            if not rdir.candidate.is_dir():
+                continue
+            plan = RoundPlan.load(rdir.plan) if rdir.plan.is_file() else None
+            if i >= self.learn.keep_rejected or plan is None or self.store.unavailable(plan.trained):
+                shutil.rmtree(rdir.candidate)
+                pruned.append(v.id)
+        return pruned
+
     def _round_config(self, plan: RoundPlan, rdir: RoundDir):
         cfg, t = self.cfg, self.cfg.train
         rows = plan.train_rows + plan.reservoir
         steps = max(1, min(t.max_steps, math.ceil(self.learn.epochs * rows / (t.batch_size * t.grad_accum))))
         data = dataclasses.replace(cfg.data, sources=[SourceConfig(path=str(rdir.train_records), format="convlearn")],
-                                   heldout_fraction=0.0, max_conversations=None)
+                                   heldout_fraction=0.0, max_conversations=None, cache_dir=str(rdir.cache))
         return dataclasses.replace(
             cfg, data=data, model=dataclasses.replace(cfg.model, name=plan.parent_path, revision=None),
             train=dataclasses.replace(t, max_steps=steps, warmup_steps=min(t.warmup_steps, steps // 2)),
@@ -258,7 +345,9 @@ class Learner:
         else:
             tokenizer = load_tokenizer(plan.parent_path)
             spec = model_spec(self.cfg.model.name, self.cfg.model.revision)
-            gate = Gate(self.cfg, tokenizer, spec, rdir.heldout_records if plan.heldout else None, rdir.gate_work,
+            # the slice's token ids in the round's own cache (pruned with it), not the serve directory's
+            cfg = dataclasses.replace(self.cfg, data=dataclasses.replace(self.cfg.data, cache_dir=str(rdir.cache)))
+            gate = Gate(cfg, tokenizer, spec, rdir.heldout_records if plan.heldout else None, rdir.gate_work,
                         self.dir.gate_cache)
             current = self.store.version(plan.parent)
             base = self.store.version(BASE_VERSION)
@@ -267,11 +356,22 @@ class Learner:
         decision.save(rdir.gate)
         return decision
 
-    def _commit(self, plan: RoundPlan, rdir: RoundDir, decision: GateDecision) -> None:
+    def _commit(self, plan: RoundPlan, rdir: RoundDir, decision: GateDecision, last_try: bool = True) -> None:
+        """Raises Forgotten (before any file moves, or with the move undone) when a promoted candidate was
+        trained on a conversation deleted or withdrawn meanwhile, unless `last_try`: then it is rejected."""
         vid = plan.version
         if self.store.version(vid) is not None:
             return  # committed before a kill: nothing to redo
         final = self.dir.version(vid)
+        gone = self.store.unavailable(plan.trained) if decision.promote else set()
+        if gone and last_try:
+            decision = GateDecision.of({**decision.checks, "forgotten": Check(
+                Status.FAIL, detail=f"{len(gone)} conversation(s) deleted or withdrawn after training, "
+                                    f"{self.learn.forget_retrains} re-trainings already", blocking=True)},
+                decision.figures)
+            decision.save(rdir.gate)
+        elif gone:
+            raise Forgotten(gone)
         if decision.promote:
             final.parent.mkdir(parents=True, exist_ok=True)
             if rdir.candidate.is_dir():
@@ -284,8 +384,13 @@ class Learner:
                           str(final if decision.promote else rdir.candidate), parent=plan.parent,
                           seq_from=plan.after, seq_to=plan.upto, conversations=plan.train_rows, round=plan.round,
                           gate={**decision.to_json(), "intake": plan.intake.to_json()})
-        self.store.record_version(version, {CURSOR: str(plan.upto), ROUND: str(plan.round)},
-                                  make_current=decision.promote)
+        try:
+            self.store.record_version(version, {CURSOR: str(plan.upto), ROUND: str(plan.round)},
+                                      make_current=decision.promote, trained=plan.trained)
+        except Forgotten:  # deleted between the check above and the commit: never served, out of versions/
+            if decision.promote and final.is_dir():
+                os.replace(final, rdir.candidate)
+            raise
 
 
 def rollback(store: Store, version_id: str) -> dict:
@@ -313,6 +418,24 @@ def versions_table(store: Store) -> str:
                      f"{v.conversations if v.conversations is not None else '-':>13}  "
                      f"{shown}{' | rejected: ' + why if why else ''}")
     return "\n".join(lines) + "\n(* current)"
+
+
+def trained_on_table(store: Store, serve_dir: ServeDir, conversation_id: str) -> str:
+    """The versions whose training read a conversation: the rounds whose plan trained on it, and every version
+    trained from one of those (weights inherit what their parent learned). Deletion does not retrain them."""
+    direct, rows = set(), []
+    for v in store.versions():
+        plan = serve_dir.round(v.round).plan if v.round else None
+        if plan is not None and plan.is_file() and conversation_id in RoundPlan.load(plan).trained:
+            direct.add(v.id)
+    for v in store.versions():
+        via = next((a.id for a in store.lineage(v.id) if a.id in direct), None)
+        if via is not None:
+            how = "trained on it" if via == v.id else f"inherits it from {via}"
+            rows.append(f"{v.id:8} {v.status:9} {how}")
+    if not rows:
+        return f"no version was trained on {conversation_id}"
+    return "\n".join([f"{'version':8} {'status':9} how", *rows])
 
 
 def learn(cfg: RunConfig, once: bool = False, rounds: int | None = None) -> int:

@@ -64,6 +64,10 @@ class RoundPlan:
     # The ids of every conversation this round trains on (new and replayed): a later round's reservoir samples
     # only from these, so a conversation the guards dropped never comes back through it.
     trained: list[str] = field(default_factory=list)
+    heldout_ids: list[str] = field(default_factory=list)  # the gate's slice, re-checked like `trained`
+    # conversations deleted or withdrawn after the plan was written, dropped from it (ids only, never text)
+    forgotten: list[str] = field(default_factory=list)
+    retrains: int = 0          # trainings started again because a conversation they read was deleted/withdrawn
 
     @property
     def version(self) -> str:
@@ -166,8 +170,8 @@ class Check:
 
     def reason(self) -> str:
         """The one line a rejection gives for this check."""
-        if not self.measured:
-            return f"not measured: {self.detail}" if self.blocking else self.detail
+        if not self.measured:  # a failure with no figure (training, forgotten conversations) says why itself
+            return f"not measured: {self.detail}" if self.blocking and self.status != Status.FAIL else self.detail
         fmt = (lambda x: f"{100 * x:+.1f}%") if self.unit == Unit.RELATIVE else (lambda x: f"{x:+.1f}")
         judged = "" if self.judged is None or self.judged == self.value else \
             f", its pessimistic end {fmt(self.judged)}"

@@ -6,9 +6,10 @@ every path, so none of them spells a file name of another.
   store.sqlite            the conversation store (unless --store names another database)
   learn-config.yaml       the resolved config `convlearn learn` runs with
   versions/vN/            promoted model folders (the store's version rows point here)
-  rounds/rNNNN/           one learning round: plan.json, data/, run/, training.json, candidate/, gate/,
-                          gate.json, round.json (learn/records.py knows what each JSON holds)
-  cache/                  the rounds' and the gate's prepared data
+  rounds/rNNNN/           one learning round: plan.json, data/, cache/, run/, training.json, candidate/, gate/,
+                          gate.json, round.json (learn/records.py knows what each JSON holds). Once the
+                          round commits, data/, cache/, gate/ and run/checkpoints/ are deleted (only ids and
+                          figures stay), and a rejected candidate/ by learn.keep_rejected
   gate-cache/             the gate's figures of a version on the fixed evaluations, per version
 ```
 """
@@ -52,6 +53,11 @@ class RoundDir:
     @property
     def candidate(self) -> Path:
         return self.root / "candidate"
+
+    @property
+    def cache(self) -> Path:
+        """The round's prepared data (token ids of its conversations): deleted when the round commits."""
+        return self.root / "cache"
 
     @property
     def gate_work(self) -> Path:

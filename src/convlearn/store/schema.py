@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     event,
+    inspect,
     select,
     text,
 )
@@ -38,6 +39,7 @@ keys = Table(
     Column("prefix", String(16), nullable=False),
     Column("consent_default", Boolean, nullable=False),
     Column("created", Float, nullable=False),
+    Column("revoked", Float),  # when it was revoked (its requests get 401); null: live
 )
 
 # One chat: `head` is a hash of its messages so far, so a request that carries this history plus one new user
@@ -110,8 +112,14 @@ def _v1(conn) -> None:
     metadata.create_all(conn)
 
 
+def _v2(conn) -> None:
+    """Keys can be revoked. (A store created at v2 has the column from _v1's create_all already.)"""
+    if "revoked" not in {c["name"] for c in inspect(conn).get_columns("api_keys")}:
+        conn.execute(text("ALTER TABLE api_keys ADD COLUMN revoked FLOAT"))
+
+
 # Ordered migrations: index i upgrades a store at version i to version i + 1.
-MIGRATIONS = [_v1]
+MIGRATIONS = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -152,9 +160,10 @@ def writing(engine: Engine):
 
 def sqlite_pragmas(engine: Engine) -> None:
     """SQLite: write-ahead log (readers never block the writer, a killed writer loses no committed row),
-    foreign keys on (deletes cascade), a busy timeout instead of immediate 'database is locked'. SQLAlchemy
-    emits BEGIN itself (its documented recipe: pysqlite's own implicit BEGIN skips DDL, so a migration would
-    not be one transaction), IMMEDIATE for `writing`."""
+    foreign keys on (deletes cascade), secure_delete (a deleted conversation's text is overwritten), a busy
+    timeout instead of immediate 'database is locked'. SQLAlchemy emits BEGIN itself (its documented recipe:
+    pysqlite's own implicit BEGIN skips DDL, so a migration would not be one transaction), IMMEDIATE for
+    `writing`."""
     if engine.dialect.name != "sqlite":
         return
 
@@ -169,5 +178,6 @@ def sqlite_pragmas(engine: Engine) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA secure_delete=ON")  # deleted rows' bytes are zeroed, not left in free pages
         cur.execute("PRAGMA busy_timeout=10000")
         cur.close()

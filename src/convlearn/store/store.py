@@ -74,6 +74,14 @@ def open_store(folder: str | Path | None, url: str | None = None) -> "Store":
     return Store(url or default_url(folder or "convlearn-live"))
 
 
+class Forgotten(Exception):
+    """A version cannot be promoted: conversations it was trained on were deleted or withdrawn meanwhile."""
+
+    def __init__(self, ids: set[str]):
+        super().__init__(f"{len(ids)} conversation(s) deleted or withdrawn")
+        self.ids = ids
+
+
 def _upsert(c, name: str, value: str, on_conflict=None) -> None:
     """Insert a pointer or, where it exists, set it (to `on_conflict`, an expression over the old row, if given)
     in one statement. SQLAlchemy's core insert has no upsert; the two dialects we support spell it alike."""
@@ -116,13 +124,22 @@ class Store:
         if not secret:
             return None
         with self.engine.connect() as c:
-            row = c.execute(select(keys).where(keys.c.key_hash == hash_key(secret))).first()
+            row = c.execute(select(keys).where(and_(keys.c.key_hash == hash_key(secret),
+                                                    keys.c.revoked.is_(None)))).first()
         return ApiKey(row.id, row.name, row.consent_default) if row else None
+
+    def revoke_key(self, name: str) -> bool:
+        """A revoked key authenticates nothing from now on (its conversations stay, consent as it was)."""
+        with writing(self.engine) as c:
+            done = c.execute(update(keys).where(and_(keys.c.name == name, keys.c.revoked.is_(None)))
+                             .values(revoked=time.time()))
+        return done.rowcount > 0
 
     def list_keys(self) -> list[dict]:
         with self.engine.connect() as c:
             return [{"name": r.name, "prefix": r.prefix, "consent_default": r.consent_default,
-                     "created": r.created} for r in c.execute(select(keys).order_by(keys.c.id))]
+                     "created": r.created, "revoked": r.revoked}
+                    for r in c.execute(select(keys).order_by(keys.c.id))]
 
     # -- conversations -----------------------------------------------------------------------------------
     def record_exchange(self, key: ApiKey, history: list[dict], reply: str, response_id: str, version: str,
@@ -184,7 +201,31 @@ class Store:
                 c.execute(delete(feedback).where(feedback.c.response_id.in_(ids)))
             c.execute(delete(messages).where(messages.c.conversation_id == conversation_id))
             c.execute(delete(conversations).where(conversations.c.id == conversation_id))
+        self.checkpoint()
         return True
+
+    def unavailable(self, conversation_ids) -> set[str]:
+        """Of these conversation ids, those the learner may no longer use: deleted, or consent withdrawn."""
+        wanted, present = set(conversation_ids), set()
+        ids = sorted(wanted)
+        with self.engine.connect() as c:
+            for i in range(0, len(ids), 500):  # bounded IN lists (SQLite's variable limit)
+                present.update(r.id for r in c.execute(select(conversations.c.id).where(and_(
+                    conversations.c.id.in_(ids[i:i + 500]), conversations.c.consent.is_(True)))))
+        return wanted - present
+
+    def checkpoint(self) -> bool:
+        """SQLite: copy the write-ahead log into the database and truncate it, so deleted rows' old pages (zeroed
+        in the database by secure_delete) leave no copy in the log. False when a reader kept it from completing
+        (the next checkpoint finishes it). PostgreSQL: its WAL and dead tuples are the server's (README)."""
+        if self.engine.dialect.name != "sqlite":
+            return True
+        raw = self.engine.raw_connection()
+        try:
+            busy, _log, _done = raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            raw.close()
+        return busy == 0
 
     def add_feedback(self, key: ApiKey, response_id: str, rating: int, text_: str | None) -> bool:
         with writing(self.engine) as c:
@@ -298,11 +339,22 @@ class Store:
             for name, value in values.items():
                 self._set_pointer(c, name, value)
 
-    def record_version(self, version: Version, pointers_: dict[str, str] | None = None, make_current: bool = False
-                       ) -> None:
+    def record_version(self, version: Version, pointers_: dict[str, str] | None = None, make_current: bool = False,
+                       trained: list[str] = ()) -> None:
         """A version row and the pointers that go with it (the learner's cursor; `current` when promoted), in
-        one transaction: the model folder exists before, so a version is never current half-written."""
+        one transaction: the model folder exists before, so a version is never current half-written. Made
+        current, it is refused (Forgotten) if any of the conversations it was `trained` on is deleted or
+        withdrawn: checked in the same transaction (SQLite's write lock; PostgreSQL: FOR SHARE row locks)."""
         with writing(self.engine) as c:
+            if make_current and trained:
+                ids, present = sorted(set(trained)), set()
+                for i in range(0, len(ids), 500):
+                    present.update(r.id for r in c.execute(
+                        select(conversations.c.id).where(and_(conversations.c.id.in_(ids[i:i + 500]),
+                                                              conversations.c.consent.is_(True)))
+                        .with_for_update(read=True)))
+                if present != set(ids):
+                    raise Forgotten(set(ids) - present)
             c.execute(versions.insert().values({**version.values(), "created": version.created or time.time()}))
             for name, value in (pointers_ or {}).items():
                 self._set_pointer(c, name, value)
