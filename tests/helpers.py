@@ -55,11 +55,15 @@ def cli_here(*args) -> SimpleNamespace:
     interpreter's start-up (seconds a run). Internal errors propagate as exceptions."""
     from convlearn.cli import main
     out, err = io.StringIO(), io.StringIO()
+    umask = os.umask(0o022)  # the live commands set an owner-only umask: it must not outlive the command here
+    os.umask(umask)
     with redirect_stdout(out), redirect_stderr(err):
         try:
             rc = main([str(a) for a in args])
         except SystemExit as e:
             rc = e.code
+        finally:
+            os.umask(umask)
     return SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())
 
 

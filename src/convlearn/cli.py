@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -240,6 +241,9 @@ class _Stderr(logging.StreamHandler):
 
 # The long-running commands log (convlearn.serve, convlearn.learn) with levels; the others print their output.
 LOGGING_COMMANDS = {"serve", "learn", "demo"}
+# Commands that write conversations (the store, round files, exports, model folders trained on them): what they
+# create is owner-only (files 0600, folders 0700), whatever the shell's umask.
+PRIVATE_COMMANDS = {"serve", "learn", "keys", "store", "versions", "rollback", "demo"}
 
 
 def _log_to_stderr() -> None:
@@ -255,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in LOGGING_COMMANDS:
         _log_to_stderr()
+    if args.command in PRIVATE_COMMANDS:
+        os.umask(0o077)
     try:
         return args.func(args)
     except UserError as e:

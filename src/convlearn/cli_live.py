@@ -54,10 +54,11 @@ def _cmd_keys(args) -> int:
     from .store import open_store
     store = open_store(args.dir, args.store)
     if args.keys_command == "add":
-        secret = store.add_key(args.name, args.consent_default)
+        secret = store.add_key(args.name, args.consent_default, args.admin)
         print(secret)
-        print(f"key {args.name!r} added (consent default {'on' if args.consent_default else 'off'}); it is shown "
-              f"only now, the store keeps its hash", file=sys.stderr)
+        print(f"{'admin ' if args.admin else ''}key {args.name!r} added (consent default "
+              f"{'on' if args.consent_default else 'off'}); it is shown only now, the store keeps its hash",
+              file=sys.stderr)
     elif args.keys_command == "revoke":
         if not store.revoke_key(args.name):
             raise UserError(f"no key named {args.name!r} (convlearn keys list)")
@@ -66,7 +67,7 @@ def _cmd_keys(args) -> int:
     else:
         for k in store.list_keys():
             print(f"{k['name']}\t{k['prefix']}...\tconsent default {'on' if k['consent_default'] else 'off'}"
-                  f"{chr(9) + 'revoked' if k['revoked'] else ''}")
+                  f"{chr(9) + 'admin' if k['admin'] else ''}{chr(9) + 'revoked' if k['revoked'] else ''}")
     return 0
 
 
@@ -74,8 +75,16 @@ def _cmd_store(args) -> int:
     from .store import open_store
     store = open_store(args.dir, args.store)
     if args.store_command == "export":
-        n = store.export(args.out, args.format)
-        print(f"{n} consented conversations written to {args.out} ({args.format})")
+        from collections import Counter
+
+        from .data.hygiene import scrub_text
+        from .store import export_conversations
+        scrubbed: Counter = Counter()
+        n = export_conversations(store, args.out, args.format,
+                                 None if args.raw else (lambda t: scrub_text(t, scrubbed)))
+        what = "raw text, nothing scrubbed" if args.raw else \
+            f"scrubbed: {', '.join(f'{k} {v}' for k, v in sorted(scrubbed.items())) or 'nothing found'}"
+        print(f"{n} consented conversations written to {args.out} ({args.format}; {what}; owner-only)")
     else:
         print(json.dumps({**store.counts(), "integrity": store.integrity_check(),
                           "current_version": store.current_id()}, indent=1))
@@ -136,6 +145,8 @@ def add_live_commands(sub) -> None:
     kadd.add_argument("--consent-default", type=_on_off, default=False, metavar="on|off",
                       help="whether this key's conversations may be learned from when a request does not say "
                            "(default off)")
+    kadd.add_argument("--admin", action="store_true", help="may see store-wide figures (/v1/status, /v1/versions' "
+                                                           "gate figures); other keys see only their own")
     _store_args(kadd)
     krev = ksub.add_parser("revoke", help="revoke a key: its requests get 401 (its conversations stay)")
     krev.add_argument("name")
@@ -149,6 +160,9 @@ def add_live_commands(sub) -> None:
     sexp = ssub.add_parser("export", help="consented conversations as JSON lines our readers ingest")
     sexp.add_argument("out")
     sexp.add_argument("--format", choices=["lmsys", "sharegpt"], default="lmsys")
+    sexp.add_argument("--raw", action="store_true", help="the text as stored; by default e-mail addresses, phone "
+                                                         "numbers, keys/tokens and IP addresses are replaced "
+                                                         "(the training scrubber)")
     _store_args(sexp)
     sinfo = ssub.add_parser("info", help="counts, integrity check and the current version")
     _store_args(sinfo)

@@ -84,3 +84,65 @@ def test_a_store_at_schema_1_migrates_to_revocable_keys(tmp_path):
     store = Store(url)
     assert [(k["name"], k["revoked"]) for k in store.list_keys()] == [("old", None)]
     assert store.revoke_key("old") and store.list_keys()[0]["revoked"] is not None
+
+
+def test_keys_see_only_their_own_conversations_and_counts(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'store.sqlite'}")
+    alice, bob = (store.key_for(store.add_key(n, consent_default=n == "alice")) for n in ("alice", "bob"))
+    admin = store.key_for(store.add_key("ops", admin=True))
+    assert admin.admin and not alice.admin
+    for i in range(3):
+        store.record_exchange(alice, [{"role": "user", "content": f"alice asks {i} " + "x" * 100}], "ok", f"a{i}",
+                              "v0")
+    store.record_exchange(bob, [{"role": "user", "content": "bob asks"}], "ok", "b0", "v0")
+    mine = store.conversations_of(alice)
+    assert [c["title"] for c in mine] == [f"alice asks {i} " + "x" * (80 - 13) for i in (2, 1, 0)]
+    assert all(c["messages"] == 2 and c["consent"] is True for c in mine)
+    assert [c["title"] for c in store.conversations_of(bob)] == ["bob asks"]
+    assert store.conversations_of(alice, limit=2, before=mine[1]["updated"]) == mine[2:]
+    assert store.counts(alice) == {"conversations": 3, "consented": 3, "messages": 6, "feedback": 0}
+    assert store.counts(bob) == {"conversations": 1, "consented": 0, "messages": 2, "feedback": 0}
+    assert store.counts() == {"conversations": 4, "consented": 3, "messages": 8, "feedback": 0}
+    assert store.conversations_of(admin) == []  # an admin key sees figures, not other keys' conversations
+
+
+def test_a_key_name_over_the_column_limit_is_one_line_not_a_traceback(tmp_path):
+    from helpers import cli_here
+    done = cli_here("keys", "add", "n" * 300, "--dir", tmp_path / "live")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "convlearn: error: a key's name: 1 to 200 characters; got 300"
+
+
+def test_store_folder_and_files_and_exports_are_owner_only(tmp_path):
+    """Created under the shell's usual umask 022, the store's folder is 0700 and its files 0600; an export
+    (scrubbed by default, raw only when asked) is 0600. The control: a file created the ordinary way here is
+    world-readable, so the modes below are the store's doing."""
+    import json
+    import os
+    import stat
+
+    from helpers import cli_here
+    old = os.umask(0o022)
+    try:
+        folder = tmp_path / "live"
+        store = Store(f"sqlite:///{folder / 'store.sqlite'}")
+        key = store.key_for(store.add_key("k", consent_default=True))
+        store.record_exchange(key, [{"role": "user", "content": "mail me at jane.doe@example.com please"}],
+                              "sure, jane.doe@example.com", "r1", "v0")
+        control = tmp_path / "plain.txt"
+        control.write_text("x")
+        assert stat.S_IMODE(control.stat().st_mode) == 0o644
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        files = sorted(p.name for p in folder.iterdir())
+        assert "store.sqlite" in files and "store.sqlite-wal" in files
+        assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {f: 0o600 for f in files}
+        scrubbed, raw = tmp_path / "out.jsonl", tmp_path / "raw.jsonl"
+        done = cli_here("store", "export", scrubbed, "--dir", folder)
+        assert done.returncode == 0 and "scrubbed: email 2" in done.stdout
+        text = scrubbed.read_text()
+        assert "jane.doe@example.com" not in text and json.loads(text)["redacted"] is True
+        assert cli_here("store", "export", raw, "--raw", "--dir", folder).returncode == 0
+        assert "jane.doe@example.com" in raw.read_text()  # the raw export is the control: the text was there
+        assert stat.S_IMODE(scrubbed.stat().st_mode) == 0o600 and stat.S_IMODE(raw.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)

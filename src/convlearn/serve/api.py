@@ -16,173 +16,26 @@ import json
 import threading
 import time
 import uuid
-from collections import defaultdict, deque
-from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..store import Store
+from .admission import Gate, Limits, RateLimit, SlotStreamingResponse
 from .engine import Completion, ModelHolder, Params
+from .protocol import ApiError, consent_of, parse_chat
 
-ROLES = ("system", "user", "assistant")
+__all__ = ["ApiError", "Limits", "create_app"]
+
 STATIC = Path(__file__).parent / "static"
-
-
-@dataclass
-class Limits:
-    max_body_bytes: int = 1_000_000       # request body
-    max_tokens: int = 512                 # the largest max_tokens a request may ask for
-    concurrency: int = 2                  # generations at once
-    queue: int = 8                        # requests waiting for a slot; more get 503 at once
-    queue_timeout_s: float = 30.0         # a request waiting longer gets 503
-    rate_per_minute: int = 120            # requests per key per minute; more get 429
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
-        self.headers = headers or {}
-
-    def response(self) -> JSONResponse:
-        return JSONResponse({"error": {"message": self.message, "type": self.kind, "param": self.param,
-                                       "code": self.code}}, status_code=self.status, headers=self.headers)
-
-
-class Gate:
-    """Bounded concurrency with a bounded queue: a request either gets a slot, waits in a queue that has room
-    (up to a time limit), or is told at once (503)."""
-
-    def __init__(self, limits: Limits):
-        self.limits = limits
-        self.slots = asyncio.Semaphore(limits.concurrency)
-        self.waiting = 0
-        self.running = 0
-
-    async def acquire(self) -> "Slot":
-        if self.slots.locked() and self.waiting >= self.limits.queue:
-            raise ApiError(503, f"the server is busy: {self.limits.concurrency} generations running and "
-                                f"{self.waiting} waiting (queue limit {self.limits.queue}); retry shortly",
-                           "server_error", code="overloaded", headers={"Retry-After": "1"})
-        self.waiting += 1
-        try:
-            await asyncio.wait_for(self.slots.acquire(), self.limits.queue_timeout_s)
-        except asyncio.TimeoutError:
-            raise ApiError(503, f"no generation slot within {self.limits.queue_timeout_s:g} s; retry shortly",
-                           "server_error", code="timeout", headers={"Retry-After": "1"}) from None
-        finally:
-            self.waiting -= 1
-        self.running += 1
-        return Slot(self)
-
-
-class Slot:
-    """One held generation slot; released once, by whoever holds it last (the handler, or a stream's end)."""
-
-    def __init__(self, gate: Gate):
-        self.gate, self.held = gate, True
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            self.gate.running -= 1
-            self.gate.slots.release()
-
-
-class SlotStreamingResponse(StreamingResponse):
-    """A stream that owns its slot until the response is over, however it ends (done, client gone, error):
-    the body runs after the handler returned, so the handler cannot hold the slot itself."""
-
-    def __init__(self, content, slot: Slot, **kwargs):
-        super().__init__(content, **kwargs)
-        self.slot = slot
-
-    async def __call__(self, scope, receive, send):
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.slot.release()
-
-
-class RateLimit:
-    def __init__(self, per_minute: int):
-        self.per_minute, self.seen = per_minute, defaultdict(deque)
-
-    def check(self, key_id: int) -> None:
-        now, q = time.monotonic(), self.seen[key_id]
-        while q and now - q[0] > 60:
-            q.popleft()
-        if len(q) >= self.per_minute:
-            raise ApiError(429, f"rate limit: {self.per_minute} requests per minute for this key", "rate_limit_error",
-                           code="rate_limit_exceeded", headers={"Retry-After": str(int(61 - (now - q[0])))})
-        q.append(now)
-
-
-def parse_chat(body: bytes, limits: Limits) -> dict:
-    """The request as plain values, or ApiError(400) naming what is wrong."""
-    try:
-        req = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise ApiError(400, f"the body is not UTF-8 (byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise ApiError(400, f"the body is not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    if not isinstance(req, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    msgs = req.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise ApiError(400, "messages: must be a non-empty list", param="messages")
-    clean = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise ApiError(400, f"messages[{i}].role: must be one of {', '.join(ROLES)}; got "
-                                f"{m.get('role') if isinstance(m, dict) else m!r}", param=f"messages[{i}].role")
-        content = m.get("content")
-        if isinstance(content, list):  # content parts: the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-        if not isinstance(content, str) or not content.strip():
-            raise ApiError(400, f"messages[{i}].content: must be non-empty text", param=f"messages[{i}].content")
-        clean.append({"role": m["role"], "content": content})
-    if clean[-1]["role"] != "user":
-        raise ApiError(400, "messages: the last message must be the user's", param="messages")
-    max_tokens = req.get("max_tokens", req.get("max_completion_tokens", min(256, limits.max_tokens)))
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= limits.max_tokens:
-        raise ApiError(400, f"max_tokens: must be an integer from 1 to {limits.max_tokens}; got {max_tokens!r}",
-                       param="max_tokens")
-    temperature, top_p = req.get("temperature", 1.0), req.get("top_p", 1.0)
-    if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
-        raise ApiError(400, f"temperature: must be from 0 to 2; got {temperature!r}", param="temperature")
-    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        raise ApiError(400, f"top_p: must be in (0, 1]; got {top_p!r}", param="top_p")
-    stop = req.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
-        raise ApiError(400, "stop: a string or up to 4 strings", param="stop")
-    seed = req.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise ApiError(400, "seed: must be an integer", param="seed")
-    metadata = req.get("metadata") or {}
-    if not isinstance(metadata, dict):
-        raise ApiError(400, "metadata: must be an object", param="metadata")
-    return {"messages": clean, "stream": bool(req.get("stream")), "user": req.get("user"), "metadata": metadata,
-            "include_usage": bool((req.get("stream_options") or {}).get("include_usage")),
-            "params": Params(max_tokens, float(temperature), float(top_p), stop, seed)}
-
-
-def consent_of(request: Request, metadata: dict) -> bool | None:
-    """A request's own consent: `metadata.consent` ("true"/"false", OpenAI metadata values are strings) or the
-    `X-Convlearn-Consent` header; None when it says nothing (the conversation's, or the key's default)."""
-    value = metadata.get("consent", request.headers.get("x-convlearn-consent"))
-    if value is None:
-        return None
-    if str(value).lower() in ("true", "1", "yes", "on"):
-        return True
-    if str(value).lower() in ("false", "0", "no", "off"):
-        return False
-    raise ApiError(400, f"consent: true or false; got {value!r}", param="metadata.consent")
+PAGE_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+# What /v1/versions shows every key (the timeline), and an admin key besides (what each round learned from and
+# the gate's figures: store-wide numbers).
+VERSION_FIELDS = {"id", "status", "parent", "created", "round"}
+VERSION_FIELDS_ADMIN = VERSION_FIELDS | {"seq_from", "seq_to", "conversations", "gate"}
 
 
 def create_app(holder: ModelHolder, store: Store, limits: Limits) -> FastAPI:
@@ -231,7 +84,8 @@ def create_app(holder: ModelHolder, store: Store, limits: Limits) -> FastAPI:
 
     @app.get("/")
     async def page():
-        return FileResponse(STATIC / "index.html")
+        # never framed (a page framed from another origin on this host would get the key pre-filled from storage)
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
     @app.get("/v1/models")
     async def models(request: Request):
@@ -242,11 +96,28 @@ def create_app(holder: ModelHolder, store: Store, limits: Limits) -> FastAPI:
 
     @app.get("/v1/versions")
     async def version_list(request: Request):
-        key_of(request)
+        key = key_of(request)
         current = await run_in_threadpool(store.current_id)
         rows = await run_in_threadpool(store.versions)
+        shown = VERSION_FIELDS_ADMIN if key.admin else VERSION_FIELDS
         return {"current": current, "serving": holder.engine().version,
-                "data": [{k: v for k, v in r.values().items() if k != "path"} for r in rows]}
+                "data": [{k: v for k, v in r.values().items() if k in shown} for r in rows]}
+
+    @app.get("/v1/conversations")
+    async def my_conversations(request: Request):
+        """The caller's own conversations, newest first (so a page reload can still withdraw or delete one);
+        `?limit=` (1-100, default 50) and `?before=` (an `updated` time: the next page)."""
+        key = key_of(request)
+        q = request.query_params
+        try:
+            limit = int(q.get("limit", "50"))
+            before = float(q["before"]) if q.get("before") else None
+        except ValueError:
+            raise ApiError(400, "limit: an integer; before: a time (a conversation's `updated`)") from None
+        if not 1 <= limit <= 100:
+            raise ApiError(400, f"limit: from 1 to 100; got {limit}", param="limit")
+        rows = await run_in_threadpool(store.conversations_of, key, limit + 1, before)
+        return {"object": "list", "data": rows[:limit], "has_more": len(rows) > limit}
 
     @app.post("/v1/feedback")
     async def give_feedback(request: Request):
@@ -316,9 +187,13 @@ def create_app(holder: ModelHolder, store: Store, limits: Limits) -> FastAPI:
 
     @app.get("/v1/status")
     async def status(request: Request):
-        key_of(request)
-        return {"serving": holder.engine().version, "running": gate.running, "waiting": gate.waiting,
-                "swaps": holder.swaps, "limits": limits.__dict__, "store": await run_in_threadpool(store.counts)}
+        key = key_of(request)
+        mine = {"serving": holder.engine().version, "key": key.name,
+                "yours": await run_in_threadpool(store.counts, key)}
+        if not key.admin:  # the server's load and the store's totals are the operator's
+            return mine
+        return {**mine, "running": gate.running, "waiting": gate.waiting, "swaps": holder.swaps,
+                "limits": limits.__dict__, "store": await run_in_threadpool(store.counts)}
 
     return app
 

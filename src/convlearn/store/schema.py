@@ -40,6 +40,7 @@ keys = Table(
     Column("consent_default", Boolean, nullable=False),
     Column("created", Float, nullable=False),
     Column("revoked", Float),  # when it was revoked (its requests get 401); null: live
+    Column("admin", Boolean),  # may see store-wide figures (/v1/status, /v1/versions); null or false: not
 )
 
 # One chat: `head` is a hash of its messages so far, so a request that carries this history plus one new user
@@ -118,8 +119,14 @@ def _v2(conn) -> None:
         conn.execute(text("ALTER TABLE api_keys ADD COLUMN revoked FLOAT"))
 
 
+def _v3(conn) -> None:
+    """Admin keys (store-wide figures are theirs only)."""
+    if "admin" not in {c["name"] for c in inspect(conn).get_columns("api_keys")}:
+        conn.execute(text("ALTER TABLE api_keys ADD COLUMN admin BOOLEAN"))
+
+
 # Ordered migrations: index i upgrades a store at version i to version i + 1.
-MIGRATIONS = [_v1, _v2]
+MIGRATIONS = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import time
 import uuid
@@ -23,6 +24,7 @@ from .layout import ServeDir
 from .schema import conversations, feedback, keys, messages, migrate, pointers, sqlite_pragmas, versions, writing
 
 KEY_PREFIX = "cl-"
+NAME_CHARS = 200  # a key's name and a request's `user`: String(200) in the schema, the same limit on every backend
 CURRENT = "current_version"
 
 
@@ -40,6 +42,7 @@ class ApiKey:
     id: int
     name: str
     consent_default: bool
+    admin: bool = False  # sees store-wide figures; every key sees only its own conversations
 
 
 @dataclass(frozen=True)
@@ -97,10 +100,19 @@ def _upsert(c, name: str, value: str, on_conflict=None) -> None:
         "value": stmt.excluded.value if on_conflict is None else on_conflict, "updated": now}))
 
 
+def _owner_only(db: Path) -> None:
+    """A new SQLite store is created readable by its owner only: its folder 0700, the file 0600 (SQLite creates
+    the -wal and -shm files with the database file's permissions)."""
+    if not db.parent.exists():
+        db.parent.mkdir(parents=True, mode=0o700)
+    if not db.exists():
+        os.close(os.open(db, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
 class Store:
     def __init__(self, url: str):
         if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            _owner_only(Path(url.removeprefix("sqlite:///")))
         try:
             self.engine = create_engine(url, future=True)
         except Exception as e:  # a malformed URL or a missing driver: SQLAlchemy raises several types
@@ -110,14 +122,16 @@ class Store:
         self.url = url
 
     # -- keys --------------------------------------------------------------------------------------------
-    def add_key(self, name: str, consent_default: bool = False) -> str:
+    def add_key(self, name: str, consent_default: bool = False, admin: bool = False) -> str:
         """A new API key (returned once; only its hash is stored)."""
+        if not name.strip() or len(name) > NAME_CHARS:
+            raise UserError(f"a key's name: 1 to {NAME_CHARS} characters; got {len(name)}")
         secret = KEY_PREFIX + secrets.token_urlsafe(24)
         with writing(self.engine) as c:
             if c.execute(select(keys.c.id).where(keys.c.name == name)).first():
                 raise UserError(f"a key named {name!r} exists already")
             c.execute(keys.insert().values(name=name, key_hash=hash_key(secret), prefix=secret[:7],
-                                           consent_default=consent_default, created=time.time()))
+                                           consent_default=consent_default, created=time.time(), admin=admin))
         return secret
 
     def key_for(self, secret: str | None) -> ApiKey | None:
@@ -126,7 +140,7 @@ class Store:
         with self.engine.connect() as c:
             row = c.execute(select(keys).where(and_(keys.c.key_hash == hash_key(secret),
                                                     keys.c.revoked.is_(None)))).first()
-        return ApiKey(row.id, row.name, row.consent_default) if row else None
+        return ApiKey(row.id, row.name, row.consent_default, bool(row.admin)) if row else None
 
     def revoke_key(self, name: str) -> bool:
         """A revoked key authenticates nothing from now on (its conversations stay, consent as it was)."""
@@ -138,7 +152,7 @@ class Store:
     def list_keys(self) -> list[dict]:
         with self.engine.connect() as c:
             return [{"name": r.name, "prefix": r.prefix, "consent_default": r.consent_default,
-                     "created": r.created, "revoked": r.revoked}
+                     "created": r.created, "revoked": r.revoked, "admin": bool(r.admin)}
                     for r in c.execute(select(keys).order_by(keys.c.id))]
 
     # -- conversations -----------------------------------------------------------------------------------
@@ -248,13 +262,38 @@ class Store:
                 "messages": [{"role": m.role, "content": m.content, "model_version": m.model_version,
                               "response_id": m.response_id, "message_id": m.id} for m in msgs]}
 
-    def counts(self) -> dict:
+    def conversations_of(self, key: ApiKey, limit: int = 100, before: float | None = None) -> list[dict]:
+        """This key's conversations, newest change first (what its owner may review, withdraw or delete): id,
+        times, consent, message count and the first user message's opening words as a title."""
+        where = conversations.c.key_id == key.id
+        if before is not None:
+            where = and_(where, conversations.c.updated < before)
         with self.engine.connect() as c:
-            return {"conversations": c.execute(select(func.count()).select_from(conversations)).scalar(),
-                    "consented": c.execute(select(func.count()).select_from(conversations)
-                                           .where(conversations.c.consent.is_(True))).scalar(),
-                    "messages": c.execute(select(func.count()).select_from(messages)).scalar(),
-                    "feedback": c.execute(select(func.count()).select_from(feedback)).scalar()}
+            rows = c.execute(select(conversations).where(where).order_by(conversations.c.updated.desc())
+                             .limit(limit)).all()
+            out = []
+            for r in rows:
+                n = c.execute(select(func.count()).select_from(messages)
+                              .where(messages.c.conversation_id == r.id)).scalar()
+                first = c.execute(select(messages.c.content).where(and_(
+                    messages.c.conversation_id == r.id, messages.c.role == "user"))
+                    .order_by(messages.c.position).limit(1)).scalar()
+                out.append({"id": r.id, "object": "conversation", "created": r.created, "updated": r.updated,
+                            "consent": bool(r.consent), "messages": int(n), "title": (first or "")[:80]})
+        return out
+
+    def counts(self, key: ApiKey | None = None) -> dict:
+        """Store-wide counts, or one key's (its conversations, consented ones, messages, feedback)."""
+        conv, fb = conversations.c.key_id == key.id if key else None, feedback.c.key_id == key.id if key else None
+
+        def n(q, where):
+            return c.execute(q if where is None else q.where(where)).scalar()
+        with self.engine.connect() as c:
+            return {"conversations": n(select(func.count()).select_from(conversations), conv),
+                    "consented": n(select(func.count()).select_from(conversations)
+                                   .where(conversations.c.consent.is_(True)), conv),
+                    "messages": n(select(func.count()).select_from(messages).join(conversations), conv),
+                    "feedback": n(select(func.count()).select_from(feedback), fb)}
 
     # -- what the learner may read -----------------------------------------------------------------------
     def consented_messages(self, after: int, upto: int | None = None, limit_conversations: int | None = None
@@ -298,31 +337,6 @@ class Store:
     def last_message_id(self) -> int:
         with self.engine.connect() as c:
             return int(c.execute(select(func.max(messages.c.id))).scalar() or 0)
-
-    # -- export ------------------------------------------------------------------------------------------
-    def export(self, out: str | Path, fmt: str) -> int:
-        """Consented conversations as JSON lines our own readers ingest: lmsys or sharegpt."""
-        if fmt not in ("lmsys", "sharegpt"):
-            raise UserError(f"--format: lmsys or sharegpt; got {fmt!r}")
-        n = 0
-        tmp = Path(out).with_name(Path(out).name + ".tmp")
-        with self.engine.connect() as c, open(tmp, "w", encoding="utf-8") as fh:
-            for conv in c.execute(select(conversations).where(conversations.c.consent.is_(True))
-                                  .order_by(conversations.c.created)):
-                msgs = c.execute(select(messages).where(messages.c.conversation_id == conv.id)
-                                 .order_by(messages.c.position)).all()
-                if fmt == "lmsys":
-                    row = {"conversation_id": conv.id, "model": msgs[-1].model_version or "", "turn":
-                           sum(m.role == "assistant" for m in msgs), "language": None, "redacted": False,
-                           "openai_moderation": [],
-                           "conversation": [{"role": m.role, "content": m.content} for m in msgs]}
-                else:
-                    row = {"id": conv.id, "conversations": [{"from": {"user": "human", "assistant": "gpt"}.get(
-                        m.role, m.role), "value": m.content} for m in msgs]}
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                n += 1
-        tmp.replace(out)
-        return n
 
     # -- versions and pointers ---------------------------------------------------------------------------
     def pointer(self, name: str, default: str | None = None) -> str | None:
