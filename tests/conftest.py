@@ -33,3 +33,29 @@ def tiny_models(tmp_path_factory, corpus):
 def tokenizers(tiny_models):
     from convlearn.models import load_tokenizer
     return {arch: load_tokenizer(str(path)) for arch, path in tiny_models.items()}
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway PostgreSQL cluster for the session (tests/pgcluster.py); skipped, with the reason, only where
+    PostgreSQL cannot be installed here."""
+    from pgcluster import Cluster, binaries
+    if binaries() is None:
+        pytest.skip("PostgreSQL is not installed (`make postgres` installs Debian's; it needs root or sudo)")
+    cluster = Cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:
+    """A fresh database on the session's cluster."""
+    return pg_cluster.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    """A new, empty store on each backend the project supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'live' / 'store.sqlite'}"
+    return request.getfixturevalue("pg_url")

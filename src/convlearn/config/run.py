@@ -6,6 +6,7 @@ docs` renders them into docs/CONFIG.md.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,7 +90,13 @@ def _deep_merge(base: Any, over: Any) -> Any:
 
 
 def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The config as YAML, as written beside a run or a serve directory: a store URL's password is never in it
+    (give it to libpq through PGPASSWORD or ~/.pgpass instead)."""
+    values = to_dict(cfg)
+    store = (values.get("learn") or {}).get("store")
+    if store:
+        values["learn"]["store"] = re.sub(r"^([a-z0-9+]+://[^:/@]*):[^@]*@", r"\1:***@", store)
+    return yaml.safe_dump(values, sort_keys=False)
 
 
 def config_docs() -> str:

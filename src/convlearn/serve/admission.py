@@ -3,8 +3,6 @@ A request is told at once (503, 429) rather than left hanging."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections import defaultdict, deque
 from dataclasses import dataclass
 
 from fastapi.responses import StreamingResponse
@@ -19,7 +17,7 @@ class Limits:
     concurrency: int = 2                  # generations at once
     queue: int = 8                        # requests waiting for a slot; more get 503 at once
     queue_timeout_s: float = 30.0         # a request waiting longer gets 503
-    rate_per_minute: int = 120            # requests per key per minute; more get 429
+    rate_per_minute: int = 120            # requests per key per minute, across every server on the store; 429
 
 
 class Gate:
@@ -78,14 +76,14 @@ class SlotStreamingResponse(StreamingResponse):
 
 
 class RateLimit:
-    def __init__(self, per_minute: int):
-        self.per_minute, self.seen = per_minute, defaultdict(deque)
+    """Each key's requests per minute, counted in the store (a sliding 60 s window), so every replica on one
+    store enforces the same single limit."""
 
-    def check(self, key_id: int) -> None:
-        now, q = time.monotonic(), self.seen[key_id]
-        while q and now - q[0] > 60:
-            q.popleft()
-        if len(q) >= self.per_minute:
+    def __init__(self, store, per_minute: int):
+        self.store, self.per_minute = store, per_minute
+
+    def check(self, key) -> None:
+        wait = self.store.take_rate(key, self.per_minute)
+        if wait is not None:
             raise ApiError(429, f"rate limit: {self.per_minute} requests per minute for this key", "rate_limit_error",
-                           code="rate_limit_exceeded", headers={"Retry-After": str(int(61 - (now - q[0])))})
-        q.append(now)
+                           code="rate_limit_exceeded", headers={"Retry-After": str(int(wait) + 1)})

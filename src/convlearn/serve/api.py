@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 import uuid
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..store import Store
+from ..store import Store, StoreUnavailable
 from .admission import Gate, Limits, RateLimit, SlotStreamingResponse
 from .engine import Completion, ModelHolder, Params
-from .protocol import ApiError, consent_of, parse_chat
+from .protocol import ApiError, check_unicode, consent_of, parse_chat, read_json
 
 __all__ = ["ApiError", "Limits", "create_app"]
 
@@ -36,16 +37,22 @@ PAGE_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-anc
 # the gate's figures: store-wide numbers).
 VERSION_FIELDS = {"id", "status", "parent", "created", "round"}
 VERSION_FIELDS_ADMIN = VERSION_FIELDS | {"seq_from", "seq_to", "conversations", "gate"}
+log = logging.getLogger("convlearn.serve")
+DISCONNECT_POLL_S = 0.1  # how often a non-streamed request looks whether its client is still there
 
 
 def create_app(holder: ModelHolder, store: Store, limits: Limits) -> FastAPI:
     app = FastAPI(title="convlearn", docs_url=None, redoc_url=None, openapi_url=None)
-    gate, rate = Gate(limits), RateLimit(limits.rate_per_minute)
-    app.state.holder, app.state.store, app.state.limits = holder, store, limits
+    gate, rate = Gate(limits), RateLimit(store, limits.rate_per_minute)
+    app.state.holder, app.state.store, app.state.limits, app.state.gate = holder, store, limits, gate
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError):
         return e.response()
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(request: Request, e: StoreUnavailable):  # any write refused before a reply (rate, feedback)
+        return store_error(e, "the store refused the request").response()
 
     @app.exception_handler(404)
     async def _not_found(request: Request, e):
@@ -122,14 +129,15 @@ def create_app(holder: ModelHolder, store: Store, limits: Limits) -> FastAPI:
     @app.post("/v1/feedback")
     async def give_feedback(request: Request):
         key = key_of(request)
-        try:
-            req = json.loads((await body_of(request)).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ApiError(400, "the body must be JSON: {response_id, rating: up|down, text?}") from None
-        rating = {"up": 1, "down": -1, 1: 1, -1: -1}.get(req.get("rating")) if isinstance(req, dict) else None
-        if rating is None or not isinstance(req.get("response_id"), str):
+        req = read_json(await body_of(request))
+        value = req.get("rating") if isinstance(req, dict) else None
+        rating = {"up": 1, "down": -1, 1: 1, -1: -1}.get(value) if isinstance(value, (str, int)) else None
+        text_ = req.get("text") if isinstance(req, dict) else None
+        if rating is None or not isinstance(req.get("response_id"), str) or not isinstance(text_, (str, type(None))):
             raise ApiError(400, "feedback: {response_id: string, rating: up|down, text?: string}")
-        if not await run_in_threadpool(store.add_feedback, key, req["response_id"], rating, req.get("text")):
+        if text_ is not None:
+            check_unicode(text_, "text")
+        if not await run_in_threadpool(store.add_feedback, key, req["response_id"], rating, text_):
             raise ApiError(404, f"no response {req['response_id']!r} of this key", code="not_found")
         return {"ok": True}
 
@@ -143,10 +151,8 @@ def create_app(holder: ModelHolder, store: Store, limits: Limits) -> FastAPI:
     @app.post("/v1/conversations/{conversation_id}/consent")
     async def consent(conversation_id: str, request: Request):
         key = key_of(request)
-        try:
-            value = json.loads((await body_of(request)).decode("utf-8")).get("consent")
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            value = None
+        req = read_json(await body_of(request))
+        value = req.get("consent") if isinstance(req, dict) else None
         if not isinstance(value, bool):
             raise ApiError(400, "consent: {consent: true|false}")
         if not await run_in_threadpool(store.set_consent, conversation_id, key, value):
@@ -156,7 +162,7 @@ def create_app(holder: ModelHolder, store: Store, limits: Limits) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         key = key_of(request)
-        rate.check(key.id)
+        await run_in_threadpool(rate.check, key)
         req = parse_chat(await body_of(request), limits)
         consent_value = consent_of(request, req["metadata"])
         slot = await gate.acquire()
@@ -177,7 +183,8 @@ def create_app(holder: ModelHolder, store: Store, limits: Limits) -> FastAPI:
                                                  headers={"Cache-Control": "no-cache"})
                 slot = None  # the response owns it now
                 return response
-            await run_in_threadpool(lambda: "".join(engine.stream(req["messages"], params, done)))
+            if not await _generate_unless_gone(request, engine, req["messages"], params, done):
+                return Response(status_code=499)  # the client hung up: nothing stored, the slot freed at once
             cid = await run_in_threadpool(_store, store, record, done)
             return JSONResponse(_completion(rid, created, engine.version, done, cid),
                                 headers={"X-Convlearn-Conversation": cid})
@@ -198,9 +205,38 @@ def create_app(holder: ModelHolder, store: Store, limits: Limits) -> FastAPI:
     return app
 
 
+async def _generate_unless_gone(request: Request, engine, messages, params, done: Completion) -> bool:
+    """Generate a whole reply, watching the connection: a client that hangs up (a timeout, a closed tab) stops
+    the generation within DISCONNECT_POLL_S and gets nothing stored, as a stream's client does. False if gone."""
+    cancelled = threading.Event()
+    work = asyncio.ensure_future(run_in_threadpool(lambda: "".join(engine.stream(messages, params, done, cancelled))))
+    try:
+        while not work.done():
+            await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+            if not work.done() and await request.is_disconnected():
+                cancelled.set()
+                await work
+                return False
+        await work
+        return True
+    finally:
+        cancelled.set()
+
+
 def _store(store: Store, record: tuple, done: Completion) -> str:
+    """Write the exchange; a store that cannot take it is an ApiError: 507 when it is full, else 503 (the reply
+    is then stored nowhere, and the client is told so instead of receiving a reply it may think was kept)."""
     key, msgs, rid, version, consent, user = record
-    return store.record_exchange(key, msgs, done.text, rid, version, consent, user)
+    try:
+        return store.record_exchange(key, msgs, done.text, rid, version, consent, user)
+    except StoreUnavailable as e:
+        raise store_error(e, "the reply could not be stored") from None
+
+
+def store_error(e: StoreUnavailable, what: str) -> ApiError:
+    log.error("%s: %s", what, e.reason)
+    return ApiError(507 if e.full else 503, f"{what} ({e.reason}); nothing was kept", "server_error",
+                    code="store_full" if e.full else "store_unavailable", headers={"Retry-After": "30"})
 
 
 def _completion(rid, created, model, done: Completion, cid: str) -> dict:
@@ -246,7 +282,12 @@ async def _events(engine, req, params, done, rid, created, store, record):
                 return
             else:
                 break
-        cid = await run_in_threadpool(_store, store, record, done)
+        try:
+            cid = await run_in_threadpool(_store, store, record, done)
+        except ApiError as e:  # an error event, then the end: never a stream that just stops
+            yield f"data: {json.dumps({'error': {'message': e.message, 'type': e.kind, 'code': e.code}})}\n\n"
+            yield "data: [DONE]\n\n"
+            return
         yield chunk({}, done.finish_reason, conversation_id=cid)
         if req["include_usage"]:
             body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": engine.version,

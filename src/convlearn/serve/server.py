@@ -47,6 +47,7 @@ def build(target: str, folder: str | Path | None = None, store_url: str | None =
     import uvicorn
     folder = Path(folder) if folder else default_dir(target)
     store = open_store(folder, store_url)
+    store.check_writable()
     first = ensure_base(store, target)
     holder = ModelHolder(lambda v: TransformersEngine(v.path, v.id, device, precision), first)
     holder.watch(store.current_version, poll_s)

@@ -27,6 +27,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+
+from ..errors import UserError
 
 metadata = MetaData()
 
@@ -55,7 +58,11 @@ conversations = Table(
     Column("updated", Float, nullable=False),
     Column("head", String(64), nullable=False),
     Column("seq", Integer, nullable=False),  # arrival order of the last change (the learner's cursor reads it)
+    # a hash of the messages the last reply answered: the same request again (a client's retry, a regenerate)
+    # replaces that reply instead of storing the conversation twice
+    Column("asked", String(64)),
     Index("conversations_head", "key_id", "head"),
+    Index("conversations_asked", "key_id", "asked"),
     Index("conversations_seq", "seq"),
 )
 
@@ -106,6 +113,16 @@ pointers = Table(
     Column("updated", Float, nullable=False),
 )
 
+# Each key's recent requests (the last minute's), shared by every server on the store: N replicas enforce one
+# per-key rate limit, not N. Rows older than the window are deleted as the key's next request is counted.
+rate_events = Table(
+    "rate_events", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key_id", Integer, ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=False),
+    Column("at", Float, nullable=False),
+    Index("rate_events_key", "key_id", "at"),
+)
+
 schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
 
 
@@ -125,8 +142,16 @@ def _v3(conn) -> None:
         conn.execute(text("ALTER TABLE api_keys ADD COLUMN admin BOOLEAN"))
 
 
+def _v4(conn) -> None:
+    """Per-key rate limits kept in the store; retries recognised by what a reply answered."""
+    rate_events.create(conn, checkfirst=True)
+    if "asked" not in {c["name"] for c in inspect(conn).get_columns("conversations")}:
+        conn.execute(text("ALTER TABLE conversations ADD COLUMN asked VARCHAR(64)"))
+        conn.execute(text("CREATE INDEX conversations_asked ON conversations (key_id, asked)"))
+
+
 # Ordered migrations: index i upgrades a store at version i to version i + 1.
-MIGRATIONS = [_v1, _v2, _v3]
+MIGRATIONS = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -139,7 +164,6 @@ def migrate(engine: Engine) -> int:
         row = conn.execute(select(schema_version.c.version)).first()
         start = row.version if row else 0
         if start > SCHEMA_VERSION:
-            from ..errors import UserError
             raise UserError(f"the store is at schema version {start}; this convlearn knows up to {SCHEMA_VERSION}")
         for step in MIGRATIONS[start:]:
             step(conn)
@@ -153,16 +177,30 @@ def migrate(engine: Engine) -> int:
 MIGRATION_LOCK = 0x636C6D67  # PostgreSQL advisory-lock key held while migrating ("clmg")
 
 
+class StoreUnavailable(UserError):
+    """The store refused a write: read-only, its disk full, the database gone. One line, the database's own
+    reason; `full` when more room would fix it (HTTP 507 rather than 503)."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"the store cannot take writes: {reason}")
+        self.reason = reason
+        self.full = "full" in reason.lower() or "no space" in reason.lower()
+
+
 @contextmanager
 def writing(engine: Engine):
     """A transaction that means to write. On SQLite it is BEGIN IMMEDIATE: the write lock is taken first (waiting
     on busy_timeout), so a read-then-write can never fail on a stale snapshot and concurrent migrations queue.
-    Elsewhere an ordinary transaction (row locks and upserts do the rest)."""
-    with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            conn.execution_options(sqlite_immediate=True)
-        with conn.begin():
-            yield conn
+    Elsewhere an ordinary transaction (row locks and upserts do the rest). A database that refuses the write
+    (read-only, full, unreachable) raises StoreUnavailable."""
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                conn.execution_options(sqlite_immediate=True)
+            with conn.begin():
+                yield conn
+    except OperationalError as e:
+        raise StoreUnavailable(str(e.orig).strip().splitlines()[0]) from None
 
 
 def sqlite_pragmas(engine: Engine) -> None:

@@ -11,21 +11,34 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Integer, String, and_, cast, create_engine, delete, func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Integer, String, and_, cast, create_engine, delete, func, make_url, select, text, update
 
 from ..errors import UserError
 from .layout import ServeDir
-from .schema import conversations, feedback, keys, messages, migrate, pointers, sqlite_pragmas, versions, writing
+from .pointers import VersionLog, _upsert
+from .schema import (
+    StoreUnavailable,
+    conversations,
+    feedback,
+    keys,
+    messages,
+    migrate,
+    pointers,
+    rate_events,
+    sqlite_pragmas,
+    writing,
+)
 
 KEY_PREFIX = "cl-"
 NAME_CHARS = 200  # a key's name and a request's `user`: String(200) in the schema, the same limit on every backend
-CURRENT = "current_version"
+MIN_FREE_BYTES = 16 * 2**20  # a SQLite store's disk must have this much free for a server to start on it
+RETRY_WINDOW_S = 600.0  # the same request from the same key within this long is a retry of the earlier one
 
 
 def hash_key(secret: str) -> str:
@@ -45,29 +58,6 @@ class ApiKey:
     admin: bool = False  # sees store-wide figures; every key sees only its own conversations
 
 
-@dataclass(frozen=True)
-class Version:
-    """A model version: the base (v0), or a learning round's candidate, promoted or rejected."""
-    id: str
-    status: str                    # base | promoted | rejected
-    path: str                      # its model folder
-    parent: str | None = None
-    created: float = 0.0
-    seq_from: int | None = None    # the message-id range it learned from: (seq_from, seq_to]
-    seq_to: int | None = None
-    conversations: int | None = None
-    gate: dict | None = None       # the gate's decision as JSON (learn/records.py GateDecision)
-    round: int | None = None
-
-    @classmethod
-    def from_row(cls, row) -> "Version":
-        m = row._mapping
-        return cls(**{f: m[f] for f in cls.__dataclass_fields__})
-
-    def values(self) -> dict:
-        return {f: getattr(self, f) for f in self.__dataclass_fields__}
-
-
 def default_url(folder: str | Path) -> str:
     return ServeDir(Path(folder)).store_url
 
@@ -75,29 +65,6 @@ def default_url(folder: str | Path) -> str:
 def open_store(folder: str | Path | None, url: str | None = None) -> "Store":
     """The store a command names: a database URL, or a serve directory's store.sqlite (./convlearn-live)."""
     return Store(url or default_url(folder or "convlearn-live"))
-
-
-class Forgotten(Exception):
-    """A version cannot be promoted: conversations it was trained on were deleted or withdrawn meanwhile."""
-
-    def __init__(self, ids: set[str]):
-        super().__init__(f"{len(ids)} conversation(s) deleted or withdrawn")
-        self.ids = ids
-
-
-def _upsert(c, name: str, value: str, on_conflict=None) -> None:
-    """Insert a pointer or, where it exists, set it (to `on_conflict`, an expression over the old row, if given)
-    in one statement. SQLAlchemy's core insert has no upsert; the two dialects we support spell it alike."""
-    dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(c.dialect.name)
-    now = time.time()
-    if dialect is None:  # another database: update, else insert (not safe against a concurrent first insert)
-        if c.execute(update(pointers).where(pointers.c.name == name)
-                     .values(value=value if on_conflict is None else on_conflict, updated=now)).rowcount == 0:
-            c.execute(pointers.insert().values(name=name, value=value, updated=now))
-        return
-    stmt = dialect.insert(pointers).values(name=name, value=value, updated=now)
-    c.execute(stmt.on_conflict_do_update(index_elements=[pointers.c.name], set_={
-        "value": stmt.excluded.value if on_conflict is None else on_conflict, "updated": now}))
 
 
 def _owner_only(db: Path) -> None:
@@ -109,17 +76,58 @@ def _owner_only(db: Path) -> None:
         os.close(os.open(db, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
-class Store:
+def shown_url(url: str) -> str:
+    """A store URL fit to print or write to a file: its password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: show its scheme only
+        return url.split("://")[0] + "://..."
+
+
+def driver_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 here (the `postgres` extra), not SQLAlchemy's default psycopg2, which this
+    project does not declare; a URL that names its driver is left as it is."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain):]
+    return url
+
+
+class Store(VersionLog):
+    """Keys, conversations, what the learner may read; the version log and pointers (pointers.VersionLog)."""
+
     def __init__(self, url: str):
         if url.startswith("sqlite:///"):
             _owner_only(Path(url.removeprefix("sqlite:///")))
+        self.url = shown_url(url)  # what is printed and logged; the password stays in the engine only
         try:
-            self.engine = create_engine(url, future=True)
+            self.engine = create_engine(driver_url(url), future=True)
+        except ModuleNotFoundError as e:
+            raise UserError(f"--store {self.url}: the database driver {e.name!r} is not installed "
+                            f"(pip install 'convlearn[postgres]' for PostgreSQL)") from None
         except Exception as e:  # a malformed URL or a missing driver: SQLAlchemy raises several types
-            raise UserError(f"--store {url}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
+            raise UserError(f"--store {self.url}: {e.__class__.__name__}: "
+                            f"{str(e).splitlines()[0].replace(url, self.url)}") from None
         sqlite_pragmas(self.engine)
-        migrate(self.engine)
-        self.url = url
+        try:
+            migrate(self.engine)
+        except StoreUnavailable as e:  # the server unreachable, a wrong password, a read-only or full disk
+            raise UserError(f"--store {self.url}: {e.reason}") from None
+
+    def check_writable(self) -> None:
+        """Refuse to start on a store that cannot take writes (read-only, its disk full, the database refusing),
+        in one line, instead of a server whose every chat fails."""
+        if self.engine.dialect.name == "sqlite" and self.engine.url.database:
+            folder = Path(self.engine.url.database.removeprefix("file:").split("?")[0]).parent
+            free = shutil.disk_usage(folder).free if folder.exists() else None
+            if free is not None and free < MIN_FREE_BYTES:
+                raise UserError(f"the store {self.url}: its disk has {free:,} bytes free (it needs at least "
+                                f"{MIN_FREE_BYTES:,} to take conversations)")
+        try:
+            with writing(self.engine) as c:
+                _upsert(c, "writable_checked", str(time.time()))
+        except StoreUnavailable as e:
+            raise UserError(f"--store {self.url}: {e.reason}") from None
 
     # -- keys --------------------------------------------------------------------------------------------
     def add_key(self, name: str, consent_default: bool = False, admin: bool = False) -> str:
@@ -155,27 +163,59 @@ class Store:
                      "created": r.created, "revoked": r.revoked, "admin": bool(r.admin)}
                     for r in c.execute(select(keys).order_by(keys.c.id))]
 
+    def take_rate(self, key: ApiKey, per_minute: int, now: float | None = None) -> float | None:
+        """Count one request of this key against `per_minute` over the last 60 s, for every server on this store.
+        None: allowed (and counted); else the seconds until the oldest counted request leaves the window. The key's
+        row is locked first, so two replicas counting at once queue instead of both seeing room for one more."""
+        now = time.time() if now is None else now
+        with writing(self.engine) as c:
+            if c.dialect.name != "sqlite":  # SQLite's writing transaction holds the database's write lock already
+                c.execute(select(keys.c.id).where(keys.c.id == key.id).with_for_update())
+            c.execute(delete(rate_events).where(and_(rate_events.c.key_id == key.id, rate_events.c.at <= now - 60)))
+            count, oldest = c.execute(select(func.count(), func.min(rate_events.c.at))
+                                      .where(rate_events.c.key_id == key.id)).first()
+            if count >= per_minute:
+                return max(0.0, 60 - (now - oldest))
+            c.execute(rate_events.insert().values(key_id=key.id, at=now))
+        return None
+
     # -- conversations -----------------------------------------------------------------------------------
     def record_exchange(self, key: ApiKey, history: list[dict], reply: str, response_id: str, version: str,
-                        consent: bool | None = None, user: str | None = None) -> str:
-        """Store a request's messages and the reply, in one transaction. The request continues the stored
-        conversation whose messages so far are exactly its history less the last message (same key);
-        otherwise it starts one. `consent` None: the conversation's own (a new one: the key's default)."""
-        now = time.time()
+                        consent: bool | None = None, user: str | None = None, now: float | None = None) -> str:
+        """Store a request's messages and the reply, in one transaction. The same request again from the same
+        key within RETRY_WINDOW_S (a client's retry after a lost response, a resent continuation, a regenerate)
+        replaces the reply it got before: one conversation, the reply the client saw last. Otherwise the request
+        continues the stored conversation whose messages so far are exactly its history less the last message
+        (same key), or starts one. `consent` None: the conversation's own (a new one: the key's default)."""
+        now = time.time() if now is None else now
+        asked, full = history_hash(history), history + [{"role": "assistant", "content": reply}]
         with writing(self.engine) as c:
             seq = self._next_seq(c)
-            found = c.execute(select(conversations.c.id, conversations.c.seq).where(and_(
-                conversations.c.key_id == key.id, conversations.c.head == history_hash(history[:-1])))
-                .order_by(conversations.c.updated.desc())).first() if len(history) > 1 else None
-            full = history + [{"role": "assistant", "content": reply}]
+            found = c.execute(select(conversations.c.id).where(and_(
+                conversations.c.key_id == key.id, conversations.c.asked == asked,
+                conversations.c.updated >= now - RETRY_WINDOW_S)).order_by(conversations.c.updated.desc())).first()
+            if found is not None:  # a retry: drop the reply it replaces (and feedback on it)
+                cid, start = found.id, len(history)
+                old = [r.response_id for r in c.execute(select(messages.c.response_id).where(and_(
+                    messages.c.conversation_id == cid, messages.c.position >= start,
+                    messages.c.response_id.is_not(None))))]
+                if old:
+                    c.execute(delete(feedback).where(feedback.c.response_id.in_(old)))
+                c.execute(delete(messages).where(and_(messages.c.conversation_id == cid,
+                                                      messages.c.position >= start)))
+            else:
+                found = c.execute(select(conversations.c.id).where(and_(
+                    conversations.c.key_id == key.id, conversations.c.head == history_hash(history[:-1])))
+                    .order_by(conversations.c.updated.desc())).first() if len(history) > 1 else None
+                start = len(history) - 1
             if found is None:
                 cid, start = "conv-" + uuid.uuid4().hex, 0
                 c.execute(conversations.insert().values(
                     id=cid, key_id=key.id, user=user, consent=key.consent_default if consent is None else consent,
-                    created=now, updated=now, head=history_hash(full), seq=seq))
+                    created=now, updated=now, head=history_hash(full), asked=asked, seq=seq))
             else:
-                cid, start = found.id, len(history) - 1
-                values = {"updated": now, "head": history_hash(full), "seq": seq}
+                cid = found.id
+                values = {"updated": now, "head": history_hash(full), "asked": asked, "seq": seq}
                 if consent is not None:
                     values["consent"] = consent
                 c.execute(update(conversations).where(conversations.c.id == cid).values(**values))
@@ -337,81 +377,6 @@ class Store:
     def last_message_id(self) -> int:
         with self.engine.connect() as c:
             return int(c.execute(select(func.max(messages.c.id))).scalar() or 0)
-
-    # -- versions and pointers ---------------------------------------------------------------------------
-    def pointer(self, name: str, default: str | None = None) -> str | None:
-        with self.engine.connect() as c:
-            row = c.execute(select(pointers.c.value).where(pointers.c.name == name)).first()
-        return row.value if row else default
-
-    @staticmethod
-    def _set_pointer(c, name: str, value: str) -> None:
-        _upsert(c, name, value)
-
-    def set_pointers(self, values: dict[str, str]) -> None:
-        with writing(self.engine) as c:
-            for name, value in values.items():
-                self._set_pointer(c, name, value)
-
-    def record_version(self, version: Version, pointers_: dict[str, str] | None = None, make_current: bool = False,
-                       trained: list[str] = ()) -> None:
-        """A version row and the pointers that go with it (the learner's cursor; `current` when promoted), in
-        one transaction: the model folder exists before, so a version is never current half-written. Made
-        current, it is refused (Forgotten) if any of the conversations it was `trained` on is deleted or
-        withdrawn: checked in the same transaction (SQLite's write lock; PostgreSQL: FOR SHARE row locks)."""
-        with writing(self.engine) as c:
-            if make_current and trained:
-                ids, present = sorted(set(trained)), set()
-                for i in range(0, len(ids), 500):
-                    present.update(r.id for r in c.execute(
-                        select(conversations.c.id).where(and_(conversations.c.id.in_(ids[i:i + 500]),
-                                                              conversations.c.consent.is_(True)))
-                        .with_for_update(read=True)))
-                if present != set(ids):
-                    raise Forgotten(set(ids) - present)
-            c.execute(versions.insert().values({**version.values(), "created": version.created or time.time()}))
-            for name, value in (pointers_ or {}).items():
-                self._set_pointer(c, name, value)
-            if make_current:
-                self._set_pointer(c, CURRENT, version.id)
-
-    def set_current(self, version_id: str) -> None:
-        with writing(self.engine) as c:
-            row = c.execute(select(versions.c.status).where(versions.c.id == version_id)).first()
-            if row is None:
-                raise UserError(f"no version {version_id!r} in the store")
-            if row.status == "rejected":
-                raise UserError(f"version {version_id} was rejected by the gate; it cannot be made current")
-            self._set_pointer(c, CURRENT, version_id)
-
-    def current_id(self) -> str | None:
-        """The id of the version that serves now (the server follows this pointer)."""
-        return self.pointer(CURRENT)
-
-    def current_version(self) -> Version | None:
-        vid = self.current_id()
-        return self.version(vid) if vid else None
-
-    def version(self, version_id: str) -> Version | None:
-        with self.engine.connect() as c:
-            row = c.execute(select(versions).where(versions.c.id == version_id)).first()
-        return Version.from_row(row) if row else None
-
-    def versions(self) -> list[Version]:
-        with self.engine.connect() as c:
-            return [Version.from_row(r) for r in c.execute(select(versions).order_by(versions.c.created))]
-
-    def lineage(self, version_id: str) -> list[Version]:
-        """The version and its parents back to the base, newest first."""
-        out, seen = [], set()
-        while version_id and version_id not in seen:
-            seen.add(version_id)
-            row = self.version(version_id)
-            if row is None:
-                break
-            out.append(row)
-            version_id = row.parent
-        return out
 
     def integrity_check(self) -> str:
         """SQLite's own check of the file ("ok"), or "n/a" on another database."""

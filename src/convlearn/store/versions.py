@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .store import Version
+from .pointers import Version
 
 BASE_VERSION = "v0"
 
