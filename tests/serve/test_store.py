@@ -226,3 +226,11 @@ def test_the_same_request_again_is_one_conversation_with_the_last_reply(store_ur
     first = store.record_exchange(a, q, "hi", "r6", "v0", now=2000.0)
     later = store.record_exchange(a, q, "hi", "r7", "v0", now=2000.0 + RETRY_WINDOW_S + 1)
     assert len({cid, other, first, later}) == 4 and store.counts()["conversations"] == 4
+
+
+def test_a_missing_database_driver_is_one_line_without_the_password():
+    from helpers import cli_here
+    done = cli_here("store", "info", "--store", "postgresql+pg8000://me:hunter2@127.0.0.1:1/db")
+    assert done.returncode == 2 and "hunter2" not in done.stderr
+    assert done.stderr == ("convlearn: error: --store postgresql+pg8000://me:***@127.0.0.1:1/db: the database "
+                           "driver 'pg8000' is not installed (pip install 'convlearn[postgres]' for PostgreSQL)\n")

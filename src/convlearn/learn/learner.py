@@ -440,6 +440,7 @@ def trained_on_table(store: Store, serve_dir: ServeDir, conversation_id: str) ->
 
 def learn(cfg: RunConfig, once: bool = False, rounds: int | None = None) -> int:
     learner = Learner(cfg)
+    learner.dir.root.mkdir(parents=True, exist_ok=True, mode=0o700)  # with a database store nothing made it yet
     learner.dir.learn_config.write_text(dump_config(cfg))
     done = learner.run(rounds=rounds, once=once)
     for r in done:  # the command's output: one JSON line per round
