@@ -15,7 +15,7 @@ def _cmd_learn(args) -> int:
 
 
 def _cmd_versions(args) -> int:
-    from .learn.learner import trained_on_table, versions_table
+    from .learn.versions import trained_on_table, versions_table
     from .store import ServeDir, open_store
     store = open_store(args.dir, args.store)
     if args.trained_on:
@@ -26,7 +26,7 @@ def _cmd_versions(args) -> int:
 
 
 def _cmd_rollback(args) -> int:
-    from .learn.learner import rollback
+    from .learn.versions import rollback
     from .store import open_store
     moved = rollback(open_store(args.dir, args.store), args.version)
     print(f"current version: {moved['from']} -> {moved['to']} (a running server swaps to it between requests)")
