@@ -45,7 +45,8 @@ def _cmd_serve(args) -> int:
     from .serve.api import Limits
     from .serve.server import serve
     limits = Limits(max_body_bytes=args.max_body, max_tokens=args.max_tokens, concurrency=args.concurrency,
-                    queue=args.queue, queue_timeout_s=args.queue_timeout, rate_per_minute=args.rate_limit)
+                    queue=args.queue, queue_timeout_s=args.queue_timeout, rate_per_minute=args.rate_limit,
+                    retry_window_s=args.retry_window)
     serve(args.model, args.dir, args.store, limits, args.device, args.poll, args.host, args.port, args.precision)
     return 0
 
@@ -112,7 +113,12 @@ def add_live_commands(sub) -> None:
     srv.add_argument("--queue-timeout", type=float, default=30.0, help="seconds a request may wait (then 503)")
     srv.add_argument("--max-tokens", type=int, default=512, help="the largest max_tokens a request may ask for")
     srv.add_argument("--max-body", type=int, default=1_000_000, help="request body limit in bytes (413 above)")
-    srv.add_argument("--rate-limit", type=int, default=120, help="requests per key per minute (429 above)")
+    srv.add_argument("--rate-limit", type=int, default=120, help="requests per key per minute, across every server "
+                                                                 "on the store (429 above)")
+    srv.add_argument("--retry-window", type=float, default=600.0,
+                     help="seconds in which the same request (key + history) again is a retry: it replaces the reply "
+                          "it repeats instead of storing the conversation twice (0: only requests the client marks "
+                          "as retries)")
     srv.add_argument("--poll", type=float, default=2.0, help="seconds between checks for a newly current version")
     srv.set_defaults(func=_cmd_serve)
 

@@ -358,7 +358,7 @@ def test_kill_9_while_streaming_loses_no_complete_reply_and_stores_none_twice(ti
         t.join(30)
     finished = {v[0] for v in state.values() if v[2]}
     cut = {v[0] for v in state.values() if not v[2]}
-    assert len(finished) >= 3 and cut and set(errors) >= {i for i, v in state.items() if not v[2]}
+    assert len(finished) >= 3 and cut and set(errors) >= {i for i, v in state.items() if not v[2]}, (state, errors)
 
     store = Store(default_url(tmp_path))
     assert store.integrity_check() == "ok"
@@ -566,3 +566,24 @@ def test_nulls_mean_not_set_and_a_vanishing_temperature_is_greedy(live):
     zero = post(live, {"messages": hello("greedy"), "max_tokens": 16, "temperature": 0})
     assert tiny.status_code == zero.status_code == 200
     assert tiny.json()["choices"][0]["message"]["content"] == zero.json()["choices"][0]["message"]["content"]
+
+
+def test_with_no_retry_window_only_marked_retries_are_merged(tiny_models, tmp_path):
+    """`--retry-window 0`: the same request twice is two conversations, unless the client marks the second as
+    its retry (openai-python's x-stainless-retry-count), which replaces the first reply."""
+    server = start_in_thread(str(tiny_models["qwen2"]), free_port(), folder=tmp_path / "live", device="cpu",
+                             limits=Limits(retry_window_s=0, max_tokens=8))
+    try:
+        headers = {"Authorization": f"Bearer {server.store.add_key('k', consent_default=True)}"}
+        body = {"messages": hello("twice, on purpose"), "max_tokens": 4}
+
+        def send(**extra):
+            r = httpx.post(server.url + "/v1/chat/completions", json=body, headers={**headers, **extra}, timeout=60)
+            assert r.status_code == 200
+            return r.headers["x-convlearn-conversation"]
+        first, second = send(), send()
+        assert first != second
+        assert send(**{"x-stainless-retry-count": "1"}) == second
+        assert server.store.counts()["conversations"] == 2
+    finally:
+        server.stop()

@@ -204,28 +204,33 @@ def test_the_same_request_again_is_one_conversation_with_the_last_reply(store_ur
     """A retry (the client never got the reply), a resent continuation and a regenerate replace the reply they
     repeat: one conversation, the reply the client saw last, feedback on the replaced reply gone. The controls:
     another key's same request, and the same request after the retry window, are conversations of their own."""
-    from convlearn.store.store import RETRY_WINDOW_S
+    RETRY_WINDOW_S = 600.0  # what the server passes by default (serve/admission.py Limits.retry_window_s)
     store = Store(store_url)
+
+    def rec(key, history, reply, rid, now):
+        return store.record_exchange(key, history, reply, rid, "v0", now=now, retry_window=RETRY_WINDOW_S)
     a, b = (store.key_for(store.add_key(n, consent_default=True)) for n in ("a", "b"))
     u1 = [{"role": "user", "content": "What is the capital of Norway?"}]
-    cid = store.record_exchange(a, u1, "Oslo.", "r1", "v0", now=1000.0)
+    cid = rec(a, u1, "Oslo.", "r1", 1000.0)
     assert store.add_feedback(a, "r1", 1, None)
-    assert store.record_exchange(a, u1, "It is Oslo.", "r2", "v0", now=1005.0) == cid  # the retry
+    assert rec(a, u1, "It is Oslo.", "r2", 1005.0) == cid  # the retry
     conv = store.conversation(cid)
     assert [(m["content"], m["response_id"]) for m in conv["messages"]] == [(u1[0]["content"], None),
                                                                              ("It is Oslo.", "r2")]
     assert store.counts()["feedback"] == 0  # it rated a reply that is no longer stored
     more = u1 + [{"role": "assistant", "content": "It is Oslo."}, {"role": "user", "content": "And Sweden?"}]
-    assert store.record_exchange(a, more, "Stockholm.", "r3", "v0", now=1010.0) == cid
-    assert store.record_exchange(a, more, "Stockholm!", "r4", "v0", now=1011.0) == cid  # the continuation resent
+    assert rec(a, more, "Stockholm.", "r3", 1010.0) == cid
+    assert rec(a, more, "Stockholm!", "r4", 1011.0) == cid  # the continuation resent
     assert [m["content"] for m in store.conversation(cid)["messages"]] == [
         u1[0]["content"], "It is Oslo.", "And Sweden?", "Stockholm!"]
     assert store.counts() == {"conversations": 1, "consented": 1, "messages": 4, "feedback": 0}
-    other = store.record_exchange(b, u1, "Oslo.", "r5", "v0", now=1012.0)
+    other = rec(b, u1, "Oslo.", "r5", 1012.0)
     q = [{"role": "user", "content": "hello"}]
-    first = store.record_exchange(a, q, "hi", "r6", "v0", now=2000.0)
-    later = store.record_exchange(a, q, "hi", "r7", "v0", now=2000.0 + RETRY_WINDOW_S + 1)
+    first = rec(a, q, "hi", "r6", 2000.0)
+    later = rec(a, q, "hi", "r7", 2000.0 + RETRY_WINDOW_S + 1)
     assert len({cid, other, first, later}) == 4 and store.counts()["conversations"] == 4
+    again = store.record_exchange(a, q, "hi", "r8", "v0", now=2000.0 + RETRY_WINDOW_S + 2)  # no window: no retry
+    assert again not in {cid, other, first, later} and store.counts()["conversations"] == 5
 
 
 def test_a_missing_database_driver_is_one_line_without_the_password():

@@ -18,6 +18,8 @@ class Limits:
     queue: int = 8                        # requests waiting for a slot; more get 503 at once
     queue_timeout_s: float = 30.0         # a request waiting longer gets 503
     rate_per_minute: int = 120            # requests per key per minute, across every server on the store; 429
+    retry_window_s: float = 600.0         # the same request (key + history) again within this is a retry: it
+    #                                       replaces the reply it repeats (0: only requests a client marks retries)
 
 
 class Gate:

@@ -39,6 +39,7 @@ VERSION_FIELDS = {"id", "status", "parent", "created", "round"}
 VERSION_FIELDS_ADMIN = VERSION_FIELDS | {"seq_from", "seq_to", "conversations", "gate"}
 log = logging.getLogger("convlearn.serve")
 DISCONNECT_POLL_S = 0.1  # how often a non-streamed request looks whether its client is still there
+MARKED_RETRY_WINDOW_S = 3600.0  # a request the client marks as a retry: its first try may be this old
 
 
 def create_app(holder: ModelHolder, store: Store, limits: Limits) -> FastAPI:
@@ -176,7 +177,8 @@ def create_app(holder: ModelHolder, store: Store, limits: Limits) -> FastAPI:
                                code="context_length_exceeded")
             rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
             done = Completion()
-            record = (key, req["messages"], rid, engine.version, consent_value, req["user"])
+            record = (key, req["messages"], rid, engine.version, consent_value, req["user"],
+                      retry_window(request, limits))
             if req["stream"]:
                 response = SlotStreamingResponse(_events(engine, req, params, done, rid, created, store, record),
                                                  slot, media_type="text/event-stream",
@@ -223,12 +225,19 @@ async def _generate_unless_gone(request: Request, engine, messages, params, done
         cancelled.set()
 
 
+def retry_window(request: Request, limits: Limits) -> float:
+    """How far back the same request counts as this one's first try. openai-python and openai-node number their
+    retries (`x-stainless-retry-count`); a request they mark as a retry is one whatever the server's window."""
+    marked = request.headers.get("x-stainless-retry-count", "0")
+    return max(limits.retry_window_s, MARKED_RETRY_WINDOW_S if marked.isdigit() and int(marked) > 0 else 0.0)
+
+
 def _store(store: Store, record: tuple, done: Completion) -> str:
     """Write the exchange; a store that cannot take it is an ApiError: 507 when it is full, else 503 (the reply
     is then stored nowhere, and the client is told so instead of receiving a reply it may think was kept)."""
-    key, msgs, rid, version, consent, user = record
+    key, msgs, rid, version, consent, user, window = record
     try:
-        return store.record_exchange(key, msgs, done.text, rid, version, consent, user)
+        return store.record_exchange(key, msgs, done.text, rid, version, consent, user, retry_window=window)
     except StoreUnavailable as e:
         raise store_error(e, "the reply could not be stored") from None
 

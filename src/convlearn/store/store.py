@@ -38,7 +38,6 @@ from .schema import (
 KEY_PREFIX = "cl-"
 NAME_CHARS = 200  # a key's name and a request's `user`: String(200) in the schema, the same limit on every backend
 MIN_FREE_BYTES = 16 * 2**20  # a SQLite store's disk must have this much free for a server to start on it
-RETRY_WINDOW_S = 600.0  # the same request from the same key within this long is a retry of the earlier one
 
 
 def hash_key(secret: str) -> str:
@@ -181,19 +180,22 @@ class Store(VersionLog):
 
     # -- conversations -----------------------------------------------------------------------------------
     def record_exchange(self, key: ApiKey, history: list[dict], reply: str, response_id: str, version: str,
-                        consent: bool | None = None, user: str | None = None, now: float | None = None) -> str:
-        """Store a request's messages and the reply, in one transaction. The same request again from the same
-        key within RETRY_WINDOW_S (a client's retry after a lost response, a resent continuation, a regenerate)
-        replaces the reply it got before: one conversation, the reply the client saw last. Otherwise the request
-        continues the stored conversation whose messages so far are exactly its history less the last message
-        (same key), or starts one. `consent` None: the conversation's own (a new one: the key's default)."""
+                        consent: bool | None = None, user: str | None = None, now: float | None = None,
+                        retry_window: float = 0.0) -> str:
+        """Store a request's messages and the reply, in one transaction. With a `retry_window` (seconds; the
+        server passes one), the same request again from the same key within it (a client's retry after a lost
+        response, a resent continuation, a regenerate) replaces the reply it got before: one conversation, the
+        reply the client saw last. Otherwise the request continues the stored conversation whose messages so
+        far are exactly its history less the last message (same key), or starts one. `consent` None: the
+        conversation's own (a new one: the key's default)."""
         now = time.time() if now is None else now
         asked, full = history_hash(history), history + [{"role": "assistant", "content": reply}]
         with writing(self.engine) as c:
             seq = self._next_seq(c)
             found = c.execute(select(conversations.c.id).where(and_(
                 conversations.c.key_id == key.id, conversations.c.asked == asked,
-                conversations.c.updated >= now - RETRY_WINDOW_S)).order_by(conversations.c.updated.desc())).first()
+                conversations.c.updated >= now - retry_window)).order_by(conversations.c.updated.desc())
+                .limit(1)).first() if retry_window > 0 else None
             if found is not None:  # a retry: drop the reply it replaces (and feedback on it)
                 cid, start = found.id, len(history)
                 old = [r.response_id for r in c.execute(select(messages.c.response_id).where(and_(
