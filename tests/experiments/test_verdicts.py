@@ -142,6 +142,22 @@ def test_replay_significance_is_a_welch_test():
     assert separated["interval"][0] > 0
 
 
+def test_replay_cannot_pass_where_nothing_was_forgotten():
+    """The real tier's run: original perplexity fell by 23% without replay and by 56% with it. The old verdict
+    passed ("reduction 0.33"): replay cannot reduce forgetting that did not happen. The control: the same arms,
+    where the run without replay got significantly worse, are judged."""
+    def arm(change, low, high, ratio):
+        return run(f"r{ratio}", replay_ratio=ratio, original_ppl_change=change, original_ppl_change_low=low,
+                   original_ppl_change_high=high)
+    none = replay_hypothesis([arm(-0.229, -0.30, -0.15, 0.0), arm(-0.562, -0.60, -0.50, 0.1)], CRITERIA)
+    v = none["verdicts"]["replay_10"]
+    assert v["verdict"] == "inconclusive" and "did not significantly forget" in v["figure"] and v["interval"][1] < 0
+    flat = replay_hypothesis([arm(0.05, -0.02, 0.12, 0.0), arm(0.01, -0.03, 0.05, 0.1)], CRITERIA)
+    assert flat["verdicts"]["replay_10"]["verdict"] == "inconclusive"  # not significantly worse: the same
+    forgot = replay_hypothesis([arm(0.40, 0.30, 0.50, 0.0), arm(0.10, 0.05, 0.15, 0.1)], CRITERIA)
+    assert "did not significantly forget" not in forgot["verdicts"]["replay_10"]["figure"]
+
+
 def test_mcnemar_and_paired_interval_on_the_same_questions():
     before = [1] * 60 + [0] * 40
     same = stats.accuracy_change(before, before[:])

@@ -287,6 +287,16 @@ def replay_hypothesis(runs: list[dict], c) -> dict:
         return {"statement": statement, "verdicts": {
             "replay_10": verdict("not measured", "needs replay 0% and 10% runs with original perplexity")}}
     a, b = ([r["original_ppl_change"] for r in arms[x]] for x in (0.0, 0.1))
+    # Replay can only reduce forgetting that happened: when the arm without replay did not get significantly
+    # worse on the original distribution, "replay reduced it" would be read off a change that is not forgetting.
+    forgot = pooled(arms[0.0], "original_ppl_change", "original_ppl_change_low", "original_ppl_change_high",
+                    c.confidence)
+    if forgot is not None and forgot[1] <= 0:
+        return {"statement": statement, "verdicts": {"replay_10": verdict(
+            "inconclusive", f"the run without replay did not significantly forget: its original-distribution "
+                            f"perplexity changed {_interval(forgot, True)}, an interval not above zero, so there is "
+                            f"no forgetting for replay to reduce (a longer run or a higher rate is needed)",
+            forgot[1:3])}}
     per_point = {p: _interval(pooled([r for r in runs if r["point"] == p], "original_ppl_change",
                                      "original_ppl_change_low", "original_ppl_change_high", c.confidence), True)
                  for p in dict.fromkeys(r["point"] for r in runs if r.get("original_ppl_change") is not None)}
