@@ -15,7 +15,8 @@ from convlearn.store import Store
 from helpers import cli_here, free_port
 
 
-def test_a_read_only_store_is_one_line_for_keys_and_serve(tmp_path, tiny_models):
+def test_a_read_only_store_is_one_line_for_keys_and_serve(tmp_path, tiny_models, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a URI store must create nothing where it runs (it once made ./file:/...)
     db = tmp_path / "live" / "store.sqlite"
     Store(f"sqlite:///{db}").add_key("k")
     read_only = f"sqlite:///file:{db}?mode=ro&uri=true"  # a real read-only open (root ignores file modes)
@@ -27,6 +28,7 @@ def test_a_read_only_store_is_one_line_for_keys_and_serve(tmp_path, tiny_models)
                            capture_output=True, text=True, timeout=120)
     assert serve.returncode == 2 and "readonly database" in serve.stderr and "Traceback" not in serve.stderr
     assert cli_here("keys", "add", "other", "--dir", tmp_path / "live").returncode == 0  # the control: writable
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live"]
 
 
 @pytest.fixture

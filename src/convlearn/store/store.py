@@ -96,7 +96,7 @@ class Store(VersionLog):
     """Keys, conversations, what the learner may read; the version log and pointers (pointers.VersionLog)."""
 
     def __init__(self, url: str):
-        if url.startswith("sqlite:///"):
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:///file:"):  # a URI names an existing file
             _owner_only(Path(url.removeprefix("sqlite:///")))
         self.url = shown_url(url)  # what is printed and logged; the password stays in the engine only
         try:
