@@ -72,18 +72,17 @@ def _drop_records(path: Path, ids: set[str]) -> list[dict]:
         return []
     kept = [r for r in (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line)
             if r["id"] not in ids]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    _write_records(path, kept)
     return kept
 
 
 def _write_records(path: Path, records: list) -> None:
-    """A round's records in convlearn's native format (data/sources.py `convlearn`), trained on as they are."""
+    """A round's records (Conversation records, or their dicts) in convlearn's native format (data/sources.py
+    `convlearn`), trained on as they are; written whole or not at all."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         for r in records:
-            fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+            fh.write(json.dumps(r if isinstance(r, dict) else r.to_dict(), ensure_ascii=False) + "\n")
     os.replace(tmp, path)
 
 
@@ -188,14 +187,13 @@ class Learner:
         record.gate = self._gate(plan, rdir, record.training)
         record.seconds = {"train": record.training.seconds, "gate": round(time.time() - t_gate, 1)}
         try:
-            self._commit(plan, rdir, record.gate, last_try=plan.retrains >= self.learn.forget_retrains)
+            record.gate = self._commit(plan, rdir, record.gate, last_try=plan.retrains >= self.learn.forget_retrains)
         except Forgotten as e:  # deleted or withdrawn while the gate ran: drop them, train again
             log.info("round %d: %s since it was planned; training again without them", n, e)
             self._forget(plan, rdir)
             return self.round()  # the saved plan, without them (an emptied one commits as empty)
         record.seconds["round"] = round(time.time() - started, 1)
         record.seconds["since_oldest_conversation"] = round(time.time() - plan.oldest, 1) if plan.oldest else None
-        record.gate = GateDecision.load(rdir.gate) if rdir.gate.is_file() else record.gate
         record.status = "promoted" if record.gate.promote else "rejected"
         record.save(rdir.record)
         self._prune(rdir, promoted=record.gate.promote)
@@ -356,12 +354,14 @@ class Learner:
         decision.save(rdir.gate)
         return decision
 
-    def _commit(self, plan: RoundPlan, rdir: RoundDir, decision: GateDecision, last_try: bool = True) -> None:
-        """Raises Forgotten (before any file moves, or with the move undone) when a promoted candidate was
-        trained on a conversation deleted or withdrawn meanwhile, unless `last_try`: then it is rejected."""
+    def _commit(self, plan: RoundPlan, rdir: RoundDir, decision: GateDecision, last_try: bool = True
+                ) -> GateDecision:
+        """Record the decision (the one returned). Raises Forgotten (before any file moves, or with the move
+        undone) when a promoted candidate was trained on a conversation deleted or withdrawn meanwhile, unless
+        `last_try`: then it is rejected."""
         vid = plan.version
         if self.store.version(vid) is not None:
-            return  # committed before a kill: nothing to redo
+            return GateDecision.load(rdir.gate) if rdir.gate.is_file() else decision  # committed before a kill
         final = self.dir.version(vid)
         gone = self.store.unavailable(plan.trained) if decision.promote else set()
         if gone and last_try:
@@ -391,6 +391,7 @@ class Learner:
             if decision.promote and final.is_dir():
                 os.replace(final, rdir.candidate)
             raise
+        return decision
 
 
 def learn(cfg: RunConfig, once: bool = False, rounds: int | None = None) -> int:

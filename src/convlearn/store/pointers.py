@@ -61,6 +61,17 @@ def _upsert(c, name: str, value: str, on_conflict=None) -> None:
         "value": stmt.excluded.value if on_conflict is None else on_conflict, "updated": now}))
 
 
+def consented_among(c, conversation_ids, lock: bool = False) -> set[str]:
+    """Which of these conversations still exist with consent; `lock`: FOR SHARE, so none can be deleted or
+    withdrawn before the transaction ends (PostgreSQL; SQLite's writing transaction holds its lock already)."""
+    ids, present = sorted(set(conversation_ids)), set()
+    for i in range(0, len(ids), 500):  # bounded IN lists (SQLite's variable limit)
+        q = select(conversations.c.id).where(and_(conversations.c.id.in_(ids[i:i + 500]),
+                                                  conversations.c.consent.is_(True)))
+        present.update(r.id for r in c.execute(q.with_for_update(read=True) if lock else q))
+    return present
+
+
 class VersionLog:
     engine: object  # the Store's
 
@@ -86,14 +97,9 @@ class VersionLog:
         withdrawn: checked in the same transaction (SQLite's write lock; PostgreSQL: FOR SHARE row locks)."""
         with writing(self.engine) as c:
             if make_current and trained:
-                ids, present = sorted(set(trained)), set()
-                for i in range(0, len(ids), 500):
-                    present.update(r.id for r in c.execute(
-                        select(conversations.c.id).where(and_(conversations.c.id.in_(ids[i:i + 500]),
-                                                              conversations.c.consent.is_(True)))
-                        .with_for_update(read=True)))
-                if present != set(ids):
-                    raise Forgotten(set(ids) - present)
+                gone = set(trained) - consented_among(c, trained, lock=True)
+                if gone:
+                    raise Forgotten(gone)
             c.execute(versions.insert().values({**version.values(), "created": version.created or time.time()}))
             for name, value in (pointers_ or {}).items():
                 self._set_pointer(c, name, value)

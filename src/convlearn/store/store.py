@@ -21,7 +21,7 @@ from sqlalchemy import Integer, String, and_, cast, create_engine, delete, func,
 
 from ..errors import UserError
 from .layout import ServeDir
-from .pointers import VersionLog, _upsert
+from .pointers import VersionLog, _upsert, consented_among
 from .schema import (
     StoreUnavailable,
     conversations,
@@ -262,13 +262,8 @@ class Store(VersionLog):
 
     def unavailable(self, conversation_ids) -> set[str]:
         """Of these conversation ids, those the learner may no longer use: deleted, or consent withdrawn."""
-        wanted, present = set(conversation_ids), set()
-        ids = sorted(wanted)
         with self.engine.connect() as c:
-            for i in range(0, len(ids), 500):  # bounded IN lists (SQLite's variable limit)
-                present.update(r.id for r in c.execute(select(conversations.c.id).where(and_(
-                    conversations.c.id.in_(ids[i:i + 500]), conversations.c.consent.is_(True)))))
-        return wanted - present
+            return set(conversation_ids) - consented_among(c, conversation_ids)
 
     def checkpoint(self) -> bool:
         """SQLite: copy the write-ahead log into the database and truncate it, so deleted rows' old pages (zeroed
